@@ -1,0 +1,183 @@
+"""From per-block predictions to one centroid per vertebra, in anatomical order.
+
+The paper clusters each vertebra's per-block coordinates with K-Means. We keep its idea (one
+cluster centre per vertebra) but make it robust: votes are weighted by the classifier's
+probability, only votes from the block interior count (soft-argmax is biased near the faces),
+clusters are found by greedy radius grouping so an outlier block cannot drag the centre, and a
+dynamic programme then picks the set of candidates that is in cranio-caudal order with
+plausible spacing and the highest total confidence. No label can be duplicated or out of order.
+"""
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from .blocks import Block
+from .vertebrae import NUM_VERTEBRAE, TYPICAL_SPACING_MM, VERTEBRA_NAMES
+
+#: Votes closer than this (mm) belong to the same cluster.
+CLUSTER_RADIUS_MM: float = 10.0
+#: Soft-argmax positions this close to a block face (voxels) are not trusted.
+EDGE_MARGIN_VOXELS: float = 4.0
+
+
+@dataclass
+class BlockPrediction:
+    """What the network said about one block, already mapped to the canonical volume.
+
+    Attributes:
+        block: the block.
+        probabilities: (26,) presence probabilities.
+        positions: (26, 3) predicted centroids in canonical voxel indices (k, j, i).
+    """
+
+    block: Block
+    probabilities: np.ndarray
+    positions: np.ndarray
+
+
+@dataclass
+class Candidate:
+    """One cluster of votes for one vertebra label."""
+
+    label: int
+    position: np.ndarray  # canonical (k, j, i)
+    confidence: float
+    votes: int = 0
+
+
+@dataclass
+class AggregationResult:
+    """The chosen vertebrae (sorted cranio-caudally) and all candidates considered."""
+
+    chosen: List[Candidate]
+    candidates: List[Candidate] = field(default_factory=list)
+    max_probabilities: Dict[str, float] = field(default_factory=dict)
+
+
+def cluster_votes(
+    predictions: Sequence[BlockPrediction],
+    spacing: float,
+    min_probability: float = 0.5,
+    volume_shape: Optional[Sequence[int]] = None,
+) -> List[Candidate]:
+    """Group each label's votes into clusters; each cluster becomes a :class:`Candidate`.
+
+    A candidate's confidence is the mean probability that the blocks which could see it (it lies
+    in their interior) gave its label: two blocks saying 0.9 and one saying 0.1 → 0.63.
+    """
+    candidates: List[Candidate] = []
+    for label in range(NUM_VERTEBRAE):
+        pts, wts = [], []
+        for pred in predictions:
+            p = float(pred.probabilities[label])
+            pos = pred.positions[label]
+            if p < min_probability or not pred.block.contains(pos, EDGE_MARGIN_VOXELS):
+                continue
+            if volume_shape is not None and not _inside(pos, volume_shape):
+                continue
+            pts.append(pos)
+            wts.append(p)
+        if not pts:
+            continue
+        pts_a, wts_a = np.asarray(pts, dtype=float), np.asarray(wts, dtype=float)
+        for members in _greedy_clusters(pts_a, wts_a, CLUSTER_RADIUS_MM / spacing):
+            centre = _weighted_median(pts_a[members], wts_a[members])
+            seen = [float(pr.probabilities[label]) for pr in predictions
+                    if pr.block.contains(centre, EDGE_MARGIN_VOXELS)]
+            confidence = float(np.mean(seen)) if seen else float(wts_a[members].mean())
+            candidates.append(Candidate(label, centre, confidence, votes=len(members)))
+    return candidates
+
+
+def _inside(pos: np.ndarray, shape: Sequence[int]) -> bool:
+    return bool(np.all(pos >= -0.5) and np.all(pos <= np.asarray(shape) - 0.5))
+
+
+def _greedy_clusters(points: np.ndarray, weights: np.ndarray, radius: float) -> List[np.ndarray]:
+    """Clusters of points within ``radius`` of the heaviest remaining point, repeated until none is left."""
+    remaining = np.arange(len(points))
+    clusters = []
+    while remaining.size:
+        seed = remaining[np.argmax(weights[remaining])]
+        close = remaining[np.linalg.norm(points[remaining] - points[seed], axis=1) <= radius]
+        # Re-centre once on the members' weighted median so the seed's own error doesn't decide membership.
+        centre = _weighted_median(points[close], weights[close])
+        close = remaining[np.linalg.norm(points[remaining] - centre, axis=1) <= radius]
+        if close.size == 0:
+            close = np.array([seed])
+        clusters.append(close)
+        remaining = np.setdiff1d(remaining, close)
+    return clusters
+
+
+def _weighted_median(points: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Per-axis weighted median: resistant to a minority of stray votes, unlike the mean."""
+    out = np.empty(points.shape[1])
+    for axis in range(points.shape[1]):
+        order = np.argsort(points[:, axis])
+        cw = np.cumsum(weights[order])
+        out[axis] = points[order[np.searchsorted(cw, 0.5 * cw[-1])], axis]
+    if len(points) >= 3:
+        return out
+    return (points * weights[:, None]).sum(0) / weights.sum()
+
+
+def expected_distance_mm(upper: int, lower: int) -> float:
+    """Typical centre-to-centre distance (mm) from label ``upper`` down to label ``lower``."""
+    return float(sum(TYPICAL_SPACING_MM[upper:lower]))
+
+
+def enforce_anatomical_order(
+    candidates: Sequence[Candidate],
+    spacing: float,
+    min_ratio: float = 0.5,
+    max_ratio: float = 1.8,
+) -> List[Candidate]:
+    """Choose the best chain of candidates that is ordered and plausibly spaced.
+
+    Candidates are sorted cranio-caudally (canonical axis 0). A chain may use candidate b after a
+    only if b's label is larger, b lies lower, and their distance is between ``min_ratio`` and
+    ``max_ratio`` times the typical distance for that label gap (gaps allowed: a vertebra can be
+    missed). The chain with the largest summed confidence wins (weighted longest increasing
+    subsequence, O(n²)).
+    """
+    cands = sorted(candidates, key=lambda c: (c.position[0], c.label))
+    n = len(cands)
+    if n == 0:
+        return []
+    score = np.array([c.confidence for c in cands], dtype=float)
+    prev = np.full(n, -1)
+    for b in range(n):
+        for a in range(b):
+            ca, cb = cands[a], cands[b]
+            if cb.label <= ca.label or cb.position[0] <= ca.position[0]:
+                continue
+            dist = float(np.linalg.norm((cb.position - ca.position) * spacing))
+            expected = expected_distance_mm(ca.label, cb.label)
+            if not (min_ratio * expected <= dist <= max_ratio * expected):
+                continue
+            if score[a] + cands[b].confidence > score[b]:
+                score[b] = score[a] + cands[b].confidence
+                prev[b] = a
+    chain = [int(np.argmax(score))]
+    while prev[chain[-1]] >= 0:
+        chain.append(int(prev[chain[-1]]))
+    return [cands[i] for i in reversed(chain)]
+
+
+def aggregate(
+    predictions: Sequence[BlockPrediction],
+    spacing: float,
+    min_probability: float = 0.5,
+    volume_shape: Optional[Sequence[int]] = None,
+) -> AggregationResult:
+    """Cluster the votes and enforce the anatomical order; see the module docstring."""
+    candidates = cluster_votes(predictions, spacing, min_probability, volume_shape)
+    chosen = enforce_anatomical_order(candidates, spacing)
+    max_probs = {}
+    for label, name in enumerate(VERTEBRA_NAMES):
+        vals = [float(p.probabilities[label]) for p in predictions]
+        max_probs[name] = max(vals) if vals else 0.0
+    return AggregationResult(chosen=chosen, candidates=candidates, max_probabilities=max_probs)

@@ -1,0 +1,144 @@
+"""``vertebrae-labeling``: label the vertebrae of a CT from the command line.
+
+Examples::
+
+    vertebrae-labeling ct.nii.gz                         # writes ct.mrk.json next to it
+    vertebrae-labeling dicom_folder/ -o out.csv --format csv
+    vertebrae-labeling ct.nrrd --format verse --overview ct.png
+"""
+
+import argparse
+import os
+import sys
+import time
+from typing import List, Optional
+
+from . import __version__
+from .errors import CancelledError, VertebraeLabelingError
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
+_EXTENSIONS = {"mrk": ".mrk.json", "verse": "_ctd.json", "csv": ".csv"}
+
+
+def _strip_image_ext(path: str) -> str:
+    base = os.path.basename(os.path.normpath(path))
+    for ext in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm"):
+        if base.lower().endswith(ext):
+            return base[: -len(ext)]
+    return base
+
+
+def default_output(ct_path: str, fmt: str) -> str:
+    """``<ct folder>/<ct name><format extension>``."""
+    folder = os.path.dirname(os.path.abspath(os.path.normpath(ct_path)))
+    return os.path.join(folder, _strip_image_ext(ct_path) + _EXTENSIONS[fmt])
+
+
+class ProgressBar:
+    """A one-line progress bar on stderr (plain lines when stderr is not a terminal)."""
+
+    def __init__(self, stream=None, width: int = 30) -> None:
+        self.stream = stream or sys.stderr
+        self.width = width
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.start = time.perf_counter()
+        self._last = ""
+
+    def __call__(self, fraction: float, message: str) -> None:
+        filled = int(round(self.width * max(0.0, min(1.0, fraction))))
+        line = f"[{'#' * filled}{'.' * (self.width - filled)}] {100 * fraction:5.1f}% {message:<16} " \
+               f"{time.perf_counter() - self.start:6.1f}s"
+        if self.tty:
+            self.stream.write("\r" + line)
+            if fraction >= 1.0:
+                self.stream.write("\n")
+        elif message != self._last:
+            # Non-terminals (the Slicer module reads this) get one parsable line per step.
+            self.stream.write(f"PROGRESS {fraction:.3f} {message}\n")
+        self.stream.flush()
+        self._last = message
+
+
+def summary_table(result) -> str:
+    """The result as an aligned text table."""
+    rows = [f"{'vertebra':<9}{'region':<10}{'x (LPS mm)':>11}{'y (LPS mm)':>11}{'z (LPS mm)':>11}{'confidence':>12}"]
+    for v in result.vertebrae:
+        x, y, z = (float(c) for c in v.position_lps)
+        rows.append(f"{v.name:<9}{v.region:<10}{x:>11.1f}{y:>11.1f}{z:>11.1f}{v.confidence:>12.2f}")
+    if not result.vertebrae:
+        rows.append("(no vertebra labeled)")
+    return "\n".join(rows)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vertebrae-labeling",
+        description="Find and name the vertebrae (C1-S2) of a CT; write their centroids.",
+    )
+    parser.add_argument("ct_path", help="CT file (.nii/.nii.gz/.nrrd/.mha) or a folder with one DICOM series")
+    parser.add_argument("-o", "--output", help="output file (default: next to the CT, named after it)")
+    parser.add_argument("--format", choices=sorted(_EXTENSIONS), default="mrk",
+                        help="mrk = Slicer markups JSON (LPS), verse = VerSe _ctd.json, csv (default: mrk)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
+    parser.add_argument("--model", help="weights file (.pt with its .json manifest); default: the bundled model")
+    parser.add_argument("--overview", metavar="PNG", help="also save a sagittal/coronal picture with the labels")
+    parser.add_argument("--stride", type=int, default=52, help="cranio-caudal block step in 2 mm voxels (default 52)")
+    parser.add_argument("--min-probability", type=float, default=0.5,
+                        help="a block's vote counts above this probability (default 0.5)")
+    parser.add_argument("--exhaustive", action="store_true",
+                        help="tile the whole volume instead of following the spine (slower)")
+    parser.add_argument("--threads", type=int, help="CPU threads for PyTorch (default: all cores)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no table")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    output = args.output or default_output(args.ct_path, args.format)
+    if args.stride < 1:
+        print("error: --stride must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
+    # Heavy imports after argument parsing, so --help is instant.
+    import torch
+
+    from .image_io import read_image
+    from .inference import label_ct
+    from .model_io import load_model
+    from .outputs import write_result
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    progress = None if args.quiet else ProgressBar()
+    try:
+        image = read_image(args.ct_path)
+        model, manifest = load_model(args.model, device="cpu")
+        model.trained = bool(manifest.get("trained", False))
+        result = label_ct(image, model=model, device=args.device, progress=progress, stride=args.stride,
+                          min_probability=args.min_probability, exhaustive=args.exhaustive)
+        write_result(result, output, args.format, reference_image=image)
+        if args.overview:
+            from .overview import render_overview
+
+            render_overview(image, result, args.overview, title=os.path.basename(os.path.normpath(args.ct_path)))
+    except CancelledError as exc:
+        print(f"cancelled: {exc}", file=sys.stderr)
+        return EXIT_CANCELLED
+    except KeyboardInterrupt:
+        print("\ncancelled: nothing was written", file=sys.stderr)
+        return EXIT_CANCELLED
+    except (VertebraeLabelingError, ValueError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    if not args.quiet:
+        print(summary_table(result))
+        for message in result.messages:
+            print(f"note: {message}")
+        timing = ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items())
+        print(f"{len(result.vertebrae)} vertebrae, {result.num_blocks} blocks ({timing})")
+        print(f"wrote {output}" + (f" and {args.overview}" if args.overview else ""))
+    return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

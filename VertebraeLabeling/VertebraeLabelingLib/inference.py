@@ -1,0 +1,196 @@
+"""The labeling pipeline: CT image in, named vertebral centroids (LPS mm) out.
+
+``label_ct`` is the one implementation used by the command line, the Slicer module and the
+training package's evaluation.
+"""
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from . import aggregation, blocks, preprocessing
+from .errors import CancelledError
+from .image_io import is_oblique, read_image, validate_ct
+from .model_io import load_model
+from .network import BLOCK_SHAPE, VertebraeNet
+from .vertebrae import VERTEBRA_NAMES, region_of
+
+ProgressCallback = Callable[[float, str], None]
+CancelCallback = Callable[[], bool]
+
+
+@dataclass
+class LabeledVertebra:
+    """One labeled vertebra: its name, centroid in LPS millimetres and confidence in [0, 1]."""
+
+    name: str
+    position_lps: np.ndarray
+    confidence: float
+
+    @property
+    def position_ras(self) -> np.ndarray:
+        return self.position_lps * np.array([-1.0, -1.0, 1.0])
+
+    @property
+    def region(self) -> str:
+        return region_of(self.name)
+
+
+@dataclass
+class LabelingResult:
+    """Everything a caller needs to report a labeling run.
+
+    Attributes:
+        vertebrae: labeled vertebrae, cranio-caudal order.
+        probabilities: per vertebra name, the highest presence probability any block gave (for mAP).
+        timings: seconds per stage.
+        messages: things the user should know (no spine found, oblique input, untrained model...).
+        model_trained: False when the weights are the untrained placeholder: results are meaningless.
+    """
+
+    vertebrae: List[LabeledVertebra] = field(default_factory=list)
+    probabilities: Dict[str, float] = field(default_factory=dict)
+    timings: Dict[str, float] = field(default_factory=dict)
+    messages: List[str] = field(default_factory=list)
+    model_trained: bool = True
+    num_blocks: int = 0
+
+    def as_dict(self) -> Dict[str, np.ndarray]:
+        """``{name: position_lps}``."""
+        return {v.name: v.position_lps for v in self.vertebrae}
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` → CUDA if available, else CPU. Asking for CUDA without one is an error, not a silent fallback."""
+    if device in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("CUDA was requested but PyTorch sees no GPU; use --device cpu or auto.")
+    return torch.device(device)
+
+
+def _check_cancel(cancel: Optional[CancelCallback]) -> None:
+    if cancel is not None and cancel():
+        raise CancelledError("Labeling was cancelled.")
+
+
+def predict_blocks(
+    model: VertebraeNet,
+    volume: np.ndarray,
+    block_list: List[blocks.Block],
+    device: torch.device,
+    fill: float,
+    progress: Optional[ProgressCallback] = None,
+    cancel: Optional[CancelCallback] = None,
+    progress_span=(0.0, 1.0),
+) -> List[aggregation.BlockPrediction]:
+    """Run the network on each block of a normalised canonical volume."""
+    out: List[aggregation.BlockPrediction] = []
+    memory_format = torch.channels_last_3d if device.type == "cpu" else torch.contiguous_format
+    model = model.to(device=device, memory_format=memory_format)
+    lo, hi = progress_span
+    with torch.inference_mode():
+        for n, block in enumerate(block_list):
+            _check_cancel(cancel)
+            data = blocks.extract_block(volume, block, fill)
+            x = torch.from_numpy(data)[None, None].to(device).contiguous(memory_format=memory_format)
+            pred = model(x)
+            probs = torch.sigmoid(pred["logits"][0].float()).cpu().numpy()
+            coords = pred["coords"][0].float().cpu().numpy() + np.asarray(block.start, dtype=float)
+            out.append(aggregation.BlockPrediction(block, probs, coords))
+            if progress is not None:
+                progress(lo + (hi - lo) * (n + 1) / len(block_list), f"block {n + 1}/{len(block_list)}")
+    return out
+
+
+def label_ct(
+    image: sitk.Image,
+    model: Optional[VertebraeNet] = None,
+    device: str = "auto",
+    progress: Optional[ProgressCallback] = None,
+    cancel: Optional[CancelCallback] = None,
+    stride: int = 52,
+    min_probability: float = 0.5,
+    exhaustive: bool = False,
+    model_path: Optional[str] = None,
+) -> LabelingResult:
+    """Find and name the vertebrae in ``image``.
+
+    Args:
+        image: a 3-D CT in Hounsfield units, any orientation and spacing.
+        model: a loaded network; when None the bundled (or ``model_path``) weights are loaded.
+        device: "auto", "cpu", "cuda" or "cuda:N".
+        progress: called as ``progress(fraction, message)``.
+        cancel: polled between steps; returning True raises :class:`CancelledError`.
+        stride: cranio-caudal step between blocks (voxels of 2 mm); smaller = more votes, slower.
+        min_probability: a block's vote for a vertebra counts only above this probability.
+        exhaustive: tile the whole volume instead of following the spine (slow; for comparison).
+    Raises:
+        InputImageError, ModelFileError, CancelledError.
+    """
+    result = LabelingResult()
+    report = progress or (lambda fraction, message: None)
+    t0 = time.perf_counter()
+    validate_ct(image)
+    if is_oblique(image):
+        result.messages.append("The image is oblique; it was resampled onto patient axes.")
+    dev = resolve_device(device)
+    if model is None:
+        model, manifest = load_model(model_path, device="cpu")
+        result.model_trained = bool(manifest.get("trained", False))
+    else:
+        result.model_trained = bool(getattr(model, "trained", True))
+    if not result.model_trained:
+        result.messages.append("The model is UNTRAINED: the labels below are meaningless.")
+    _check_cancel(cancel)
+    report(0.02, "resampling to 2 mm")
+    volume = preprocessing.to_canonical(image)
+    normalized = preprocessing.zscore(volume.hu)
+    fill = float(normalized.min())  # the z-scored value of air, for padding blocks
+    t1 = time.perf_counter()
+    result.timings["preprocess"] = t1 - t0
+    _check_cancel(cancel)
+    report(0.08, "finding the spine")
+    if exhaustive:
+        track = None
+        block_list = blocks.plan_blocks(volume.shape, None, stride=stride, exhaustive=True)
+    else:
+        track = blocks.find_spine_track(volume.hu, volume.spacing)
+        block_list = blocks.plan_blocks(volume.shape, track, stride=stride)
+    t2 = time.perf_counter()
+    result.timings["spine_search"] = t2 - t1
+    result.num_blocks = len(block_list)
+    if not block_list:
+        result.messages.append("No spine was found in the image (no column of bone); nothing was labeled.")
+        report(1.0, "done")
+        return result
+    predictions = predict_blocks(model, normalized, block_list, dev, fill, report, cancel, (0.1, 0.95))
+    t3 = time.perf_counter()
+    result.timings["network"] = t3 - t2
+    _check_cancel(cancel)
+    agg = aggregation.aggregate(predictions, volume.spacing, min_probability, volume.shape)
+    result.probabilities = agg.max_probabilities
+    for cand in agg.chosen:
+        result.vertebrae.append(LabeledVertebra(
+            name=VERTEBRA_NAMES[cand.label],
+            position_lps=volume.index_to_lps(cand.position),
+            confidence=float(cand.confidence),
+        ))
+    result.timings["aggregate"] = time.perf_counter() - t3
+    result.timings["total"] = time.perf_counter() - t0
+    if not result.vertebrae:
+        result.messages.append("The network found no vertebra with enough confidence.")
+    report(1.0, "done")
+    return result
+
+
+def label_file(path: str, **kwargs) -> LabelingResult:
+    """Read a CT file or DICOM folder and label it; keyword arguments go to :func:`label_ct`."""
+    return label_ct(read_image(path), **kwargs)
+
+
+__all__ = ["BLOCK_SHAPE", "LabeledVertebra", "LabelingResult", "label_ct", "label_file", "resolve_device"]

@@ -1,0 +1,143 @@
+"""The residual hourglass network of Qin et al. with integral regression and a Bi-LSTM classifier.
+
+Input: a normalised block ``(B, 1, D, H, W)`` on the canonical grid (D = cranio-caudal, 104 in
+the paper; H = antero-posterior, W = right-left, 80 each). Output: for each of the 26
+vertebrae a presence logit and a centroid in block voxel coordinates (k, j, i).
+
+Channel widths (why these): the paper does not give them. The full-resolution stage dominates
+the cost on a CPU (104×80×80 = 0.67 M voxels), so it is kept at 8 channels and the width doubles
+at each pooling (8, 16, 32, 64). That keeps a block under ~2.5 GMAC, i.e. a fraction of a second
+on a 2-core laptop, while the 13×10×10 bottleneck with 64 channels still sees the whole block
+(208×160×160 mm) for identification. ``widths`` is a constructor argument and is saved with the
+weights, so a wider model for a GPU is one flag away.
+"""
+
+from typing import Dict, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .vertebrae import NUM_VERTEBRAE
+
+BLOCK_SHAPE: Tuple[int, int, int] = (104, 80, 80)
+GROUPS: int = 4
+
+
+def _gn(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(min(GROUPS, channels), channels)
+
+
+class ConvGNReLU(nn.Sequential):
+    """Convolution followed by GroupNorm(4) and ReLU, the paper's unit after every convolution."""
+
+    def __init__(self, cin: int, cout: int, kernel: Sequence[int] = (3, 3, 3)) -> None:
+        padding = tuple(k // 2 for k in kernel)
+        super().__init__(nn.Conv3d(cin, cout, tuple(kernel), padding=padding, bias=False), _gn(cout), nn.ReLU(inplace=True))
+
+
+class ResidualModule(nn.Module):
+    """1×1×1 → 3×3×3 → 1×1×1 convolutions, each with GroupNorm + ReLU, plus a skip (Fig. 4).
+
+    The bottleneck halves the channels (the paper's reason for the 1×1×1 convolutions: fewer
+    parameters). When the channel count changes, the skip is a 1×1×1 projection.
+    """
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        mid = max(cout // 2, GROUPS)
+        self.body = nn.Sequential(
+            ConvGNReLU(cin, mid, (1, 1, 1)),
+            ConvGNReLU(mid, mid, (3, 3, 3)),
+            ConvGNReLU(mid, cout, (1, 1, 1)),
+        )
+        self.skip = nn.Identity() if cin == cout else nn.Conv3d(cin, cout, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x) + self.skip(x)
+
+
+def integral_regression(heatmaps: torch.Tensor) -> torch.Tensor:
+    """Soft-argmax: spatial softmax of each heatmap, then the expected voxel position.
+
+    Args:
+        heatmaps: ``(B, N, D, H, W)`` unnormalised scores.
+    Returns:
+        ``(B, N, 3)`` expected positions in voxel units, in (d, h, w) order. Differentiable.
+    """
+    b, n, d, h, w = heatmaps.shape
+    prob = torch.softmax(heatmaps.reshape(b, n, -1).float(), dim=-1).reshape(b, n, d, h, w)
+    # Marginals first: three small dot products instead of a D×H×W×3 coordinate tensor.
+    dev = heatmaps.device
+    pd = prob.sum(dim=(3, 4))
+    ph = prob.sum(dim=(2, 4))
+    pw = prob.sum(dim=(2, 3))
+    zd = (pd * torch.arange(d, device=dev, dtype=prob.dtype)).sum(-1)
+    zh = (ph * torch.arange(h, device=dev, dtype=prob.dtype)).sum(-1)
+    zw = (pw * torch.arange(w, device=dev, dtype=prob.dtype)).sum(-1)
+    return torch.stack([zd, zh, zw], dim=-1)
+
+
+class ClassificationBranch(nn.Module):
+    """Two convolutions (32 kernels, 5×3×3 then 1×1×1), max-pool, 3 Bi-LSTM(128), FC → 26 logits.
+
+    The max-pool collapses the in-plane axes, so the Bi-LSTM runs along the cranio-caudal axis:
+    each step is one bottleneck slice, which is where "long context along the spine" lives.
+    """
+
+    def __init__(self, cin: int, hidden: int = 128, num_outputs: int = NUM_VERTEBRAE) -> None:
+        super().__init__()
+        self.convs = nn.Sequential(ConvGNReLU(cin, 32, (5, 3, 3)), ConvGNReLU(32, 32, (1, 1, 1)))
+        self.lstm = nn.LSTM(32 * 4, hidden, num_layers=3, batch_first=True, bidirectional=True)
+        self.fc = nn.Linear(2 * hidden, num_outputs)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        x = self.convs(features)
+        # Keep a coarse 2×2 in-plane layout (left/right, front/back) rather than one global max.
+        x = F.adaptive_max_pool3d(x, (x.shape[2], 2, 2))
+        seq = x.permute(0, 2, 1, 3, 4).flatten(2)  # (B, D, 32*4)
+        out, _ = self.lstm(seq.float())
+        return self.fc(out.max(dim=1).values)
+
+
+class VertebraeNet(nn.Module):
+    """Residual hourglass with integral-regression localisation and multi-label classification.
+
+    Encoder: 6 residual modules and 3 max-pools, 4 skip branches. Localisation decoder: 3 residual
+    modules and 3 upsamplings back to full resolution, 2 convolutions to 26 heatmaps, integral
+    regression. Classification: :class:`ClassificationBranch` on the bottleneck.
+    """
+
+    def __init__(self, widths: Sequence[int] = (8, 16, 32, 64), num_outputs: int = NUM_VERTEBRAE) -> None:
+        super().__init__()
+        w0, w1, w2, w3 = widths
+        self.widths = tuple(int(w) for w in widths)
+        self.stem = ConvGNReLU(1, w0)
+        self.enc0 = ResidualModule(w0, w0)
+        self.enc1 = ResidualModule(w0, w1)
+        self.enc2 = ResidualModule(w1, w2)
+        self.enc3 = nn.Sequential(ResidualModule(w2, w3), ResidualModule(w3, w3), ResidualModule(w3, w3))
+        self.skip0 = ConvGNReLU(w0, w0, (1, 1, 1))
+        self.skip1 = ConvGNReLU(w1, w1, (1, 1, 1))
+        self.skip2 = ConvGNReLU(w2, w2, (1, 1, 1))
+        self.skip3 = ConvGNReLU(w3, w3, (1, 1, 1))
+        self.dec2 = ResidualModule(w3, w2)
+        self.dec1 = ResidualModule(w2, w1)
+        self.dec0 = ResidualModule(w1, w0)
+        self.head = nn.Sequential(ConvGNReLU(w0, w0), nn.Conv3d(w0, num_outputs, 1))
+        self.classifier = ClassificationBranch(w3, num_outputs=num_outputs)
+
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Return ``logits`` (B, 26), ``coords`` (B, 26, 3) in block voxels (d, h, w), ``heatmaps``."""
+        f0 = self.enc0(self.stem(x))
+        f1 = self.enc1(F.max_pool3d(f0, 2))
+        f2 = self.enc2(F.max_pool3d(f1, 2))
+        f3 = self.enc3(F.max_pool3d(f2, 2))
+        y = self.dec2(f3 + self.skip3(f3))
+        y = F.interpolate(y, size=f2.shape[2:], mode="trilinear", align_corners=False) + self.skip2(f2)
+        y = self.dec1(y)
+        y = F.interpolate(y, size=f1.shape[2:], mode="trilinear", align_corners=False) + self.skip1(f1)
+        y = self.dec0(y)
+        y = F.interpolate(y, size=f0.shape[2:], mode="trilinear", align_corners=False) + self.skip0(f0)
+        heatmaps = self.head(y)
+        return {"logits": self.classifier(f3), "coords": integral_regression(heatmaps), "heatmaps": heatmaps}

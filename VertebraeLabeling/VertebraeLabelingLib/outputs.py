@@ -1,0 +1,167 @@
+"""Writing results: Slicer markups JSON, VerSe-style centroid JSON and CSV.
+
+Every writer builds the whole content in memory first and then replaces the target file in one
+``os.replace``: a crash or a bad input never leaves a half-written file behind.
+"""
+
+import csv
+import io
+import json
+import os
+import tempfile
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import SimpleITK as sitk
+
+from .vertebrae import REGION_COLORS, VERSE_ID, region_of
+
+#: The ``@schema`` URL Slicer itself writes; Slicer accepts any URL ending in markups-schema-v1.x.y.json#.
+MARKUPS_SCHEMA_URL = (
+    "https://raw.githubusercontent.com/slicer/slicer/master/Modules/Loadable/Markups/Resources/Schema/"
+    "markups-schema-v1.0.3.json#"
+)
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` so that readers see either the old file or the complete new one."""
+    folder = os.path.dirname(os.path.abspath(path)) or "."
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(fd, "w", newline="") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def markups_dict(result: Any, node_name: str = "Vertebrae", coordinate_system: str = "LPS") -> Dict[str, Any]:
+    """A Slicer markups document with one Fiducial node, one control point per vertebra.
+
+    Label = vertebra name, description = its confidence, points unlocked so the user can fix them.
+    """
+    if coordinate_system not in ("LPS", "RAS"):
+        raise ValueError("coordinate_system must be 'LPS' or 'RAS'")
+    points: List[Dict[str, Any]] = []
+    for n, vert in enumerate(result.vertebrae):
+        pos = np.asarray(vert.position_lps, dtype=float)
+        if coordinate_system == "RAS":
+            pos = pos * np.array([-1.0, -1.0, 1.0])
+        points.append({
+            "id": str(n + 1),
+            "label": vert.name,
+            "description": f"confidence {vert.confidence:.2f}; {region_of(vert.name)}",
+            "associatedNodeID": "",
+            "position": [round(float(v), 3) for v in pos],
+            "orientation": [-1.0, -0.0, -0.0, -0.0, -1.0, -0.0, 0.0, 0.0, 1.0],
+            "selected": True,
+            "locked": False,
+            "visibility": True,
+            "positionStatus": "defined",
+        })
+    return {
+        "@schema": MARKUPS_SCHEMA_URL,
+        "markups": [{
+            "type": "Fiducial",
+            "name": node_name,
+            "coordinateSystem": coordinate_system,
+            "coordinateUnits": "mm",
+            "locked": False,
+            "fixedNumberOfControlPoints": False,
+            "labelFormat": "%N-%d",
+            "lastUsedControlPointNumber": len(points),
+            "controlPoints": points,
+            "measurements": [],
+            "display": {
+                "visibility": True,
+                "opacity": 1.0,
+                "color": list(REGION_COLORS["thoracic"]),
+                "selectedColor": list(REGION_COLORS["lumbar"]),
+                "pointLabelsVisibility": True,
+                "textScale": 3.0,
+                "glyphType": "Sphere3D",
+                "glyphScale": 3.0,
+            },
+        }],
+    }
+
+
+def write_markups_json(result: Any, path: str, node_name: str = "Vertebrae", coordinate_system: str = "LPS") -> None:
+    """Write ``result`` as a Slicer ``.mrk.json`` file (LPS, as Slicer writes them by default)."""
+    write_text_atomic(path, json.dumps(markups_dict(result, node_name, coordinate_system), indent=2) + "\n")
+
+
+def _pir_axes(image: sitk.Image):
+    """For each of P, I, R: (image axis, sign) of the image axis closest to it (VerSe's PIR convention)."""
+    direction = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)  # columns = image axes in LPS
+    targets = {"P": np.array([0, 1.0, 0]), "I": np.array([0, 0, -1.0]), "R": np.array([-1.0, 0, 0])}
+    out = []
+    for code in "PIR":
+        dots = targets[code] @ direction  # dot with each image axis
+        axis = int(np.argmax(np.abs(dots)))
+        out.append((axis, 1.0 if dots[axis] > 0 else -1.0))
+    return out
+
+
+def lps_to_verse(position_lps: np.ndarray, image: sitk.Image) -> List[float]:
+    """LPS mm → VerSe 2020 ``_ctd.json`` coordinates: voxel units of ``image`` reoriented to PIR."""
+    idx = np.asarray(image.TransformPhysicalPointToContinuousIndex(tuple(float(v) for v in position_lps)))
+    size = np.asarray(image.GetSize(), dtype=float)
+    return [float(idx[a] if s > 0 else size[a] - 1 - idx[a]) for a, s in _pir_axes(image)]
+
+
+def verse_to_lps(xyz: List[float], image: sitk.Image) -> np.ndarray:
+    """Inverse of :func:`lps_to_verse`."""
+    size = np.asarray(image.GetSize(), dtype=float)
+    idx = np.zeros(3)
+    for value, (a, s) in zip(xyz, _pir_axes(image)):
+        idx[a] = value if s > 0 else size[a] - 1 - value
+    return np.asarray(image.TransformContinuousIndexToPhysicalPoint(tuple(float(v) for v in idx)))
+
+
+def verse_list(result: Any, reference_image: sitk.Image) -> List[Dict[str, Any]]:
+    """VerSe 2020 centroid list: ``[{"direction": ["P","I","R"]}, {"label": id, "X":..,"Y":..,"Z":..}, ...]``."""
+    out: List[Dict[str, Any]] = [{"direction": ["P", "I", "R"]}]
+    for vert in result.vertebrae:
+        if vert.name not in VERSE_ID:  # S2 has no VerSe id
+            continue
+        x, y, z = lps_to_verse(vert.position_lps, reference_image)
+        out.append({"label": VERSE_ID[vert.name], "X": round(x, 2), "Y": round(y, 2), "Z": round(z, 2)})
+    return out
+
+
+def write_verse_json(result: Any, path: str, reference_image: sitk.Image) -> None:
+    """Write a VerSe-style ``_ctd.json`` for ``reference_image`` (the CT that was labeled)."""
+    write_text_atomic(path, json.dumps(verse_list(result, reference_image), indent=1) + "\n")
+
+
+def csv_text(result: Any) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["name", "region", "x_lps_mm", "y_lps_mm", "z_lps_mm", "x_ras_mm", "y_ras_mm", "confidence"])
+    for vert in result.vertebrae:
+        x, y, z = (float(v) for v in vert.position_lps)
+        writer.writerow([vert.name, region_of(vert.name), f"{x:.2f}", f"{y:.2f}", f"{z:.2f}", f"{-x:.2f}",
+                         f"{-y:.2f}", f"{vert.confidence:.3f}"])
+    return buf.getvalue()
+
+
+def write_csv(result: Any, path: str) -> None:
+    """Write one row per vertebra: name, region, LPS and RAS coordinates (mm), confidence."""
+    write_text_atomic(path, csv_text(result))
+
+
+def write_result(result: Any, path: str, fmt: str, reference_image: Optional[sitk.Image] = None) -> None:
+    """Write ``result`` in format ``mrk``, ``verse`` or ``csv``."""
+    if fmt == "mrk":
+        write_markups_json(result, path)
+    elif fmt == "verse":
+        if reference_image is None:
+            raise ValueError("the VerSe format needs the reference image")
+        write_verse_json(result, path, reference_image)
+    elif fmt == "csv":
+        write_csv(result, path)
+    else:
+        raise ValueError(f"unknown format {fmt!r}")

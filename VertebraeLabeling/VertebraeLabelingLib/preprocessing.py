@@ -1,0 +1,149 @@
+"""Resampling a CT onto the network's canonical 2 mm grid and normalising it (Qin et al., III.A).
+
+The canonical grid is axis-aligned in LPS with direction ``diag(1, 1, -1)``: the numpy array
+``array[k, j, i]`` has axis 0 running superior → inferior (cranio-caudal, the LSTM's sequence
+axis), axis 1 anterior → posterior and axis 2 right → left. Any input orientation (RAS, LPS, PIR,
+oblique) is resampled onto it, so the network always sees the spine the same way up.
+"""
+
+from dataclasses import dataclass
+from typing import Tuple
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import InputImageError
+
+WORKING_SPACING_MM: float = 2.0
+AIR_HU: float = -1000.0
+#: Canonical direction: i → +x (left), j → +y (posterior), k → -z (inferior).
+CANONICAL_DIRECTION: Tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, -1.0)
+_AXIS_SIGN = np.array([1.0, 1.0, -1.0])  # canonical index axis (i, j, k) → LPS axis sign
+
+
+@dataclass
+class CanonicalVolume:
+    """A CT on the canonical 2 mm grid.
+
+    Attributes:
+        hu: Hounsfield units, float32, shape (K, J, I), values below -1000 clamped.
+        origin_lps: LPS position (mm) of voxel (k, j, i) = (0, 0, 0).
+        spacing: grid spacing in mm (isotropic).
+    """
+
+    hu: np.ndarray
+    origin_lps: np.ndarray
+    spacing: float = WORKING_SPACING_MM
+
+    @property
+    def shape(self) -> Tuple[int, int, int]:
+        return tuple(self.hu.shape)  # type: ignore[return-value]
+
+    def index_to_lps(self, kji: np.ndarray) -> np.ndarray:
+        """Map continuous array indices (..., 3) in (k, j, i) order to LPS millimetres (..., 3)."""
+        kji = np.asarray(kji, dtype=float)
+        ijk = kji[..., ::-1]
+        return self.origin_lps + ijk * self.spacing * _AXIS_SIGN
+
+    def lps_to_index(self, lps: np.ndarray) -> np.ndarray:
+        """Map LPS millimetres (..., 3) to continuous array indices (..., 3) in (k, j, i) order."""
+        ijk = (np.asarray(lps, dtype=float) - self.origin_lps) / (self.spacing * _AXIS_SIGN)
+        return ijk[..., ::-1]
+
+    def normalized(self) -> np.ndarray:
+        """Zero-mean, unit-variance copy of :attr:`hu` (the paper's normalisation), float32."""
+        return zscore(self.hu)
+
+
+def zscore(hu: np.ndarray) -> np.ndarray:
+    """Clamp below air and scale to zero mean and unit variance over the whole volume."""
+    clamped = np.maximum(hu, AIR_HU).astype(np.float32, copy=False)
+    mean = float(clamped.mean(dtype=np.float64))
+    std = float(clamped.std(dtype=np.float64))
+    if not np.isfinite(std) or std < 1e-3:
+        raise InputImageError("The image has (almost) the same value everywhere after resampling; nothing to label.")
+    return ((clamped - mean) / std).astype(np.float32, copy=False)
+
+
+def canonical_grid(image: sitk.Image, spacing: float = WORKING_SPACING_MM) -> Tuple[np.ndarray, Tuple[int, int, int]]:
+    """Origin (LPS mm) and size (i, j, k) of the canonical grid covering ``image``'s physical extent."""
+    size = np.asarray(image.GetSize())
+    corners = []
+    for cx in (0, size[0] - 1):
+        for cy in (0, size[1] - 1):
+            for cz in (0, size[2] - 1):
+                corners.append(image.TransformContinuousIndexToPhysicalPoint((float(cx), float(cy), float(cz))))
+    corners = np.asarray(corners) * _AXIS_SIGN  # into the canonical frame, where axes increase with the index
+    lo, hi = corners.min(axis=0), corners.max(axis=0)
+    n = np.floor((hi - lo) / spacing + 1e-6).astype(int) + 1
+    origin = lo * _AXIS_SIGN
+    return origin, (int(n[0]), int(n[1]), int(n[2]))
+
+
+def to_canonical(
+    image: sitk.Image, spacing: float = WORKING_SPACING_MM, slab_slices: int = 24
+) -> CanonicalVolume:
+    """Resample ``image`` (any orientation, spacing and pixel type) onto the canonical grid.
+
+    Linear interpolation; voxels outside the input are air. Where the input is finer than half the
+    grid spacing it is Gaussian-smoothed first, so thin-slice noise does not alias into the 2 mm
+    volume. The work is done in slabs of ``slab_slices`` output slices, each reading only the part
+    of the input it needs, so that memory stays bounded for 1000-slice CTs: the input is never
+    copied whole as float.
+    """
+    origin, size = canonical_grid(image, spacing)
+    in_spacing = np.asarray(image.GetSpacing(), dtype=float)
+    sigmas = [0.4 * spacing if s < 0.5 * spacing else 0.0 for s in in_spacing]
+    margin = [int(np.ceil(4.0 * sg / s)) + 2 for sg, s in zip(sigmas, in_spacing)]
+    in_size = np.asarray(image.GetSize())
+    hu = np.empty((size[2], size[1], size[0]), dtype=np.float32)
+    for k0 in range(0, size[2], slab_slices):
+        nk = min(slab_slices, size[2] - k0)
+        slab_origin = np.asarray(origin, dtype=float) + np.array([0.0, 0.0, -k0 * spacing])
+        slab_size = (size[0], size[1], nk)
+        lo, hi = _input_box(image, slab_origin, slab_size, spacing)
+        lo = np.maximum(lo - margin, 0)
+        hi = np.minimum(hi + margin, in_size - 1)
+        if np.any(hi < lo):
+            hu[k0:k0 + nk] = AIR_HU
+            continue
+        roi = sitk.RegionOfInterest(image, [int(v) for v in hi - lo + 1], [int(v) for v in lo])
+        roi = sitk.Cast(roi, sitk.sitkFloat32)
+        for axis, sigma in enumerate(sigmas):
+            if sigma > 0 and roi.GetSize()[axis] > 3:
+                gauss = sitk.RecursiveGaussianImageFilter()
+                gauss.SetSigma(sigma)
+                gauss.SetDirection(axis)
+                roi = gauss.Execute(roi)
+        resampler = sitk.ResampleImageFilter()
+        resampler.SetOutputOrigin(tuple(float(v) for v in slab_origin))
+        resampler.SetOutputSpacing((spacing, spacing, spacing))
+        resampler.SetOutputDirection(CANONICAL_DIRECTION)
+        resampler.SetSize(slab_size)
+        resampler.SetInterpolator(sitk.sitkLinear)
+        resampler.SetDefaultPixelValue(AIR_HU)
+        resampler.SetOutputPixelType(sitk.sitkFloat32)
+        hu[k0:k0 + nk] = sitk.GetArrayFromImage(resampler.Execute(roi))
+    np.maximum(hu, AIR_HU, out=hu)
+    return CanonicalVolume(hu=hu, origin_lps=np.asarray(origin, dtype=float), spacing=spacing)
+
+
+def _input_box(image: sitk.Image, origin: np.ndarray, size: Tuple[int, int, int], spacing: float):
+    """Input index bounding box (lo, hi), inclusive, of a canonical-grid box."""
+    pts = []
+    for ci in (0, size[0] - 1):
+        for cj in (0, size[1] - 1):
+            for ck in (0, size[2] - 1):
+                lps = origin + np.array([ci, cj, ck], dtype=float) * spacing * _AXIS_SIGN
+                pts.append(image.TransformPhysicalPointToContinuousIndex(tuple(float(v) for v in lps)))
+    pts = np.asarray(pts)
+    return np.floor(pts.min(axis=0)).astype(int), np.ceil(pts.max(axis=0)).astype(int)
+
+
+def canonical_to_image(volume: CanonicalVolume) -> sitk.Image:
+    """The canonical volume as a SimpleITK image (for debugging and tests)."""
+    img = sitk.GetImageFromArray(volume.hu)
+    img.SetOrigin(tuple(float(v) for v in volume.origin_lps))
+    img.SetSpacing((volume.spacing,) * 3)
+    img.SetDirection(CANONICAL_DIRECTION)
+    return img
