@@ -1,0 +1,179 @@
+"""Ground truth from a multi-label segmentation: the centre of mass of each vertebra label.
+
+Two id maps are built in (copied from the published tables, so nothing is read at run time):
+TotalSegmentator v2 ("total" task) and VerSe. The centroid of a label is the mean of its voxel
+centres in LPS mm, which is the centre of mass of the *whole* vertebra (body and posterior
+elements); VerSe and CSI annotate the vertebral *body* centre instead, a few mm anterior.
+
+Sacrum in TotalSegmentator v2: id 26 ``vertebrae_S1`` is the first sacral vertebra and maps to
+our S1; id 25 ``sacrum`` is the rest of the sacrum (S2..S5 fused, with the alae), whose centre
+of mass lies well below and behind the S2 body centre, so by default it is **not** used as S2
+(dropped with a note). ``sacrum_as_s2=True`` uses it anyway, as a rough S2.
+In VerSe masks, 26 (sacrum) maps to S1, as in the centroid files.
+"""
+
+import fnmatch
+import os
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import SimpleITK as sitk
+
+from .common import AnnotatedCase, ImageGeometry, keep_known, order_by_spine, read_image
+
+#: TotalSegmentator v2 "total" task: label id -> vertebra name ("sacrum" handled apart).
+TOTALSEGMENTATOR_V2: Dict[int, str] = {25: "sacrum", 26: "S1"}
+TOTALSEGMENTATOR_V2.update({27 + i: f"L{5 - i}" for i in range(5)})     # 27 L5 .. 31 L1
+TOTALSEGMENTATOR_V2.update({32 + i: f"T{12 - i}" for i in range(12)})   # 32 T12 .. 43 T1
+TOTALSEGMENTATOR_V2.update({44 + i: f"C{7 - i}" for i in range(7)})     # 44 C7 .. 50 C1
+
+#: VerSe mask ids -> name (26 sacrum -> S1; 25 L6, 27 coccyx, 28 T13 are dropped later).
+VERSE_MASK: Dict[int, str] = {i: n for i, n in enumerate(
+    ["C1", "C2", "C3", "C4", "C5", "C6", "C7"] + [f"T{k}" for k in range(1, 13)]
+    + [f"L{k}" for k in range(1, 6)], start=1)}
+VERSE_MASK.update({25: "L6", 26: "S1", 27: "coccyx", 28: "T13"})
+
+ID_MAPS: Dict[str, Dict[int, str]] = {"totalsegmentator": TOTALSEGMENTATOR_V2, "verse": VERSE_MASK}
+
+_IMAGE_NAMES = ("ct.nii.gz", "ct.nii", "image.nii.gz", "image.nii", "ct.nrrd", "ct.mha")
+_LABEL_HINTS = ("seg", "label", "msk", "mask")
+
+
+def guess_id_map(label_ids: np.ndarray) -> str:
+    """"totalsegmentator" when any id exceeds VerSe's largest (28), else "verse"."""
+    return "totalsegmentator" if label_ids.size and int(label_ids.max()) > 28 else "verse"
+
+
+def label_centroids(labels: sitk.Image, id_map: str = "auto", sacrum_as_s2: bool = False,
+                    min_volume_mm3: float = 50.0, notes: Optional[List[str]] = None,
+                    ) -> Tuple[Dict[str, np.ndarray], List[str]]:
+    """Centre of mass (LPS mm) of each vertebra label; returns (centroids, partial names).
+
+    Args:
+        labels: an integer label image (any geometry: positions come from its own header).
+        id_map: "totalsegmentator", "verse" or "auto" (:func:`guess_id_map`).
+        sacrum_as_s2: use TotalSegmentator's "sacrum" (S2..S5) centre of mass as S2.
+        min_volume_mm3: labels smaller than this are taken for stray voxels and ignored.
+        notes: receives one line per dropped label and the id map used.
+
+    A vertebra is *partial* when its label touches the first or last voxel along any axis.
+    """
+    notes = notes if notes is not None else []
+    geometry = ImageGeometry.of(labels)
+    arr = sitk.GetArrayViewFromImage(labels)  # (z, y, x)
+    present = np.unique(arr)
+    present = present[present > 0]
+    if id_map == "auto":
+        id_map = guess_id_map(present)
+    table = ID_MAPS[id_map]
+    notes.append(f"label ids read with the {id_map} map")
+    wanted = np.array(sorted(i for i in table if i in set(present.tolist())), dtype=np.int64)
+    if wanted.size == 0:
+        return {}, []
+    mask = np.isin(arr, wanted)
+    zz, yy, xx = np.nonzero(mask)
+    values = np.asarray(arr[zz, yy, xx], dtype=np.int64)
+    top = int(wanted.max()) + 1
+    counts = np.bincount(values, minlength=top)
+    # Sums per label of each index coordinate: the mean voxel index is the centre of mass.
+    sums = [np.bincount(values, weights=c.astype(np.float64), minlength=top) for c in (xx, yy, zz)]
+    size = geometry.size
+    on_edge = ((xx == 0) | (xx == size[0] - 1) | (yy == 0) | (yy == size[1] - 1)
+               | (zz == 0) | (zz == size[2] - 1))
+    edge_counts = np.bincount(values, weights=on_edge.astype(np.float64), minlength=top)
+    voxel_mm3 = float(np.prod(geometry.spacing))
+
+    named: Dict[str, np.ndarray] = {}
+    partial: List[str] = []
+    for label in wanted.tolist():
+        name = table[label]
+        if counts[label] * voxel_mm3 < min_volume_mm3:
+            notes.append(f"label {label} ({name}): {counts[label]} voxels, ignored as stray")
+            continue
+        if name == "sacrum":
+            if not sacrum_as_s2:
+                notes.append(f"label {label} (TotalSegmentator sacrum, S2-S5): not used as S2")
+                continue
+            name = "S2"
+            notes.append(f"label {label} (TotalSegmentator sacrum): centre of mass used as S2")
+        index = np.array([s[label] for s in sums]) / counts[label]
+        named[name] = geometry.index_to_lps(index)
+        if edge_counts[label] > 0:
+            partial.append(name)
+    centroids = order_by_spine(keep_known(named, notes, "label map"))
+    return centroids, [n for n in partial if n in centroids]
+
+
+def _is_label_file(name: str) -> bool:
+    lower = name.lower()
+    return lower.endswith((".nii", ".nii.gz", ".nrrd", ".mha")) and any(h in lower for h in _LABEL_HINTS)
+
+
+def _find_image(folder: str) -> Optional[str]:
+    for name in _IMAGE_NAMES:
+        if os.path.isfile(os.path.join(folder, name)):
+            return os.path.join(folder, name)
+    for name in sorted(os.listdir(folder)):
+        lower = name.lower()
+        path = os.path.join(folder, name)
+        if os.path.isfile(path) and not _is_label_file(name) and lower.endswith(
+                ("_ct.nii.gz", "_ct.nii", "_0000.nii.gz", ".nii.gz", ".nii", ".nrrd", ".mha")):
+            return path
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if os.path.isdir(path) and name.lower() in ("dicom", "ct", "image", "series"):
+            return path
+    return None
+
+
+def _find_labels(folder: str, pattern: Optional[str]) -> Optional[str]:
+    names = sorted(n for n in os.listdir(folder) if os.path.isfile(os.path.join(folder, n)))
+    if pattern:
+        names = [n for n in names if fnmatch.fnmatch(n, pattern)]
+    else:
+        names = [n for n in names if _is_label_file(n)]
+    if not names:
+        return None
+    # A full TotalSegmentator map ("total") is preferred over task-specific maps beside it.
+    names.sort(key=lambda n: (0 if "total" in n.lower() else 1, n))
+    return os.path.join(folder, names[0])
+
+
+def case_from_folder(folder: str, seg: Optional[str] = None, id_map: str = "auto",
+                     sacrum_as_s2: bool = False, case_id: Optional[str] = None) -> Optional[AnnotatedCase]:
+    """The case in ``folder`` (a CT file or DICOM folder, plus a label map), or None.
+
+    ``seg`` is a file-name pattern (``fnmatch``) picking the label map when several are there.
+    """
+    image = _find_image(folder)
+    label_path = _find_labels(folder, seg)
+    if image is None or label_path is None:
+        return None
+    notes = [f"ground truth from {os.path.basename(label_path)}"]
+    centroids, partial = label_centroids(read_image(label_path), id_map=id_map,
+                                         sacrum_as_s2=sacrum_as_s2, notes=notes)
+    return AnnotatedCase(case_id=case_id or os.path.basename(os.path.normpath(folder)), image_path=image,
+                         centroids=centroids, notes=notes, partial=partial, source="labelmap")
+
+
+def find_labelmap_cases(root: str, seg: Optional[str] = None, id_map: str = "auto",
+                        sacrum_as_s2: bool = False) -> List[AnnotatedCase]:
+    """Cases under ``root``: the folder itself if it is a case, else each sub-folder that is.
+
+    ``root`` may also be a label-map file; the CT is then looked for beside it.
+    """
+    if os.path.isfile(root):
+        folder = os.path.dirname(os.path.abspath(root))
+        case = case_from_folder(folder, seg=os.path.basename(root), id_map=id_map, sacrum_as_s2=sacrum_as_s2)
+        return [case] if case else []
+    case = case_from_folder(root, seg=seg, id_map=id_map, sacrum_as_s2=sacrum_as_s2)
+    if case is not None:
+        return [case]
+    cases = []
+    for name in sorted(os.listdir(root)):
+        path = os.path.join(root, name)
+        if os.path.isdir(path):
+            sub = case_from_folder(path, seg=seg, id_map=id_map, sacrum_as_s2=sacrum_as_s2)
+            if sub is not None:
+                cases.append(sub)
+    return cases
