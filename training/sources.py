@@ -1,0 +1,71 @@
+"""Where training cases come from: the synthetic generator or a real annotated data set.
+
+Seeds of the synthetic generator are split once, here, so no evaluation case is ever trained on:
+training uses seeds below ``VALIDATION_SEED0``; validation (LR schedule) uses 800 000 +; the
+hold-out evaluation uses 900 000 +.
+"""
+
+from typing import Callable, Iterator, List, Optional
+
+import numpy as np
+
+from .prepared import PreparedCase, prepare_case
+
+VALIDATION_SEED0 = 800_000
+HOLDOUT_SEED0 = 900_000
+
+
+def synthetic_case(seed: int) -> PreparedCase:
+    """Generate synthetic case ``seed`` and prepare it for training."""
+    from .synthetic import generate_case
+
+    case = generate_case(seed)
+    return prepare_case(case.image, case.centroids, case_id=f"synthetic-{seed}")
+
+
+class CaseSource:
+    """An endless, deterministic stream of prepared cases for one data-loading worker."""
+
+    def __init__(self, spec: str, seed: int, stream_id: int, num_streams: int) -> None:
+        self.spec = spec
+        self.seed = seed
+        self.stream_id = stream_id
+        self.num_streams = num_streams
+        self._real: Optional[List] = None
+        if spec != "synthetic":
+            from .datasets import load_dataset
+
+            cases = load_dataset(spec)
+            if not cases:
+                raise ValueError(f"no annotated case found in {spec}")
+            self._real = cases
+
+    def __iter__(self) -> Iterator[PreparedCase]:
+        if self._real is None:
+            # Interleave seeds over streams: stream s gets seed0 + s, seed0 + s + n, ...
+            n = 0
+            while True:
+                seed = (self.seed * 7919 + self.stream_id + n * self.num_streams) % VALIDATION_SEED0
+                n += 1
+                yield synthetic_case(seed)
+        else:
+            rng = np.random.default_rng([self.seed, self.stream_id])
+            while True:
+                for idx in rng.permutation(len(self._real)):
+                    if idx % self.num_streams != self.stream_id % self.num_streams and len(self._real) >= self.num_streams:
+                        continue
+                    case = self._real[idx]
+                    yield prepare_case(case.load_image(), case.centroids, case_id=case.case_id)
+
+
+def validation_cases(spec: str, count: int) -> List[PreparedCase]:
+    """A fixed list of validation cases (synthetic seeds from VALIDATION_SEED0, or the first real cases)."""
+    if spec == "synthetic":
+        return [synthetic_case(VALIDATION_SEED0 + n) for n in range(count)]
+    from .datasets import load_dataset
+
+    cases = load_dataset(spec)[:count]
+    return [prepare_case(c.load_image(), c.centroids, case_id=c.case_id) for c in cases]
+
+
+CaseFactory = Callable[[int], PreparedCase]
