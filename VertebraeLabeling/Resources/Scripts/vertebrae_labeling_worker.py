@@ -1,0 +1,103 @@
+"""Run the core's ``label_ct`` on one image file and write the result as JSON.
+
+The Slicer module starts this in a separate ``PythonSlicer`` process so that Slicer stays
+responsive while the network runs, and so that importing torch can never take Slicer down.
+
+Protocol with the panel (kept deliberately tiny and line based):
+
+- stdout lines ``PROGRESS <fraction 0..1> <message>`` drive the progress bar; every other line
+  goes to the log.
+- an ``ERROR <message>`` line carries a message written for the user (bad image, bad model).
+- the run stops cooperatively when the ``--cancel-file`` appears (the panel also kills the
+  process tree if that does not happen quickly).
+- exit code 0: result written; 2: user-fixable error; 3: cancelled; anything else: a bug.
+- the result file is written atomically (temporary file + rename), so a half-written file is
+  never read.
+"""
+
+import argparse
+import json
+import os
+import sys
+import traceback
+
+EXIT_OK = 0
+EXIT_USER_ERROR = 2
+EXIT_CANCELLED = 3
+
+RESULT_FORMAT = "vertebrae-labeling-slicer-result"
+RESULT_VERSION = 1
+
+
+def _parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lib-dir", required=True, help="folder that contains VertebraeLabelingLib")
+    parser.add_argument("--input", required=True, help="CT image file")
+    parser.add_argument("--output", required=True, help="result JSON file to write")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--model", default="", help="weights file; empty = the bundled model")
+    parser.add_argument("--stride", type=int, default=0, help="block stride; 0 = the core's default")
+    parser.add_argument("--cancel-file", default="", help="stop as soon as this file exists")
+    return parser.parse_args(argv)
+
+
+def _write_json_atomic(path, payload):
+    tmp = path + ".part"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(payload, f, indent=1)
+    os.replace(tmp, path)
+
+
+def main(argv=None):
+    """Entry point; returns the process exit code."""
+    args = _parse_args(sys.argv[1:] if argv is None else argv)
+    sys.path.insert(0, args.lib_dir)
+    from VertebraeLabelingLib.errors import CancelledError, VertebraeLabelingError
+
+    def progress(fraction, message):
+        print(f"PROGRESS {float(fraction):.4f} {message}", flush=True)
+
+    def cancel():
+        return bool(args.cancel_file) and os.path.exists(args.cancel_file)
+
+    try:
+        progress(0.0, "loading PyTorch and the model")
+        # Imported here, not at the top: torch takes seconds to import and the panel should
+        # already show that something is happening.
+        from VertebraeLabelingLib.image_io import read_image
+        from VertebraeLabelingLib.inference import label_ct
+
+        kwargs = {"device": args.device, "progress": progress, "cancel": cancel}
+        if args.model:
+            kwargs["model_path"] = args.model
+        if args.stride > 0:
+            kwargs["stride"] = args.stride
+        result = label_ct(read_image(args.input), **kwargs)
+    except CancelledError:
+        print("Cancelled.", flush=True)
+        return EXIT_CANCELLED
+    except VertebraeLabelingError as e:
+        print(f"ERROR {e}", flush=True)
+        return EXIT_USER_ERROR
+    except Exception:
+        traceback.print_exc(file=sys.stdout)
+        return 1
+    payload = {
+        "format": RESULT_FORMAT,
+        "version": RESULT_VERSION,
+        "coordinateSystem": "LPS",
+        "vertebrae": [
+            {"name": v.name, "position": [float(c) for c in v.position_lps], "confidence": float(v.confidence)}
+            for v in result.vertebrae
+        ],
+        "messages": list(result.messages),
+        "modelTrained": bool(result.model_trained),
+        "timings": {k: float(v) for k, v in result.timings.items()},
+    }
+    _write_json_atomic(args.output, payload)
+    print(f"Found {len(result.vertebrae)} vertebrae.", flush=True)
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

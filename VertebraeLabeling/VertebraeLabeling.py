@@ -1,0 +1,1090 @@
+"""3D Slicer module: find and name the vertebrae (C1-S2) of a CT and let the user correct them.
+
+The heavy lifting (the network) runs in a separate ``PythonSlicer`` process that calls the
+Slicer-free core (``VertebraeLabelingLib``), so Slicer stays responsive and can cancel it. The
+result lands in markups point lists, one per spine region because a point list has a single
+colour; the nodes stay unlocked so the user can drag, rename or delete points, and the panel
+can renumber all points after one correction.
+
+The Logic's MRML-only methods work without Qt (e.g. with PyPI's ``slicer-core``) so they can
+be tested outside the Slicer application; the GUI imports are guarded for that reason only.
+"""
+
+import json
+import logging
+import os
+import queue
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Annotated, Callable, NamedTuple, Optional
+
+import slicer
+import vtk
+
+try:  # Inside the Slicer application.
+    import qt
+    from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+    from slicer.ScriptedLoadableModule import (
+        ScriptedLoadableModule,
+        ScriptedLoadableModuleLogic,
+        ScriptedLoadableModuleTest,
+        ScriptedLoadableModuleWidget,
+    )
+    from slicer.util import VTKObservationMixin
+
+    _HAVE_GUI = True
+except ImportError:  # Headless MRML (slicer-core): only the Logic's MRML methods are usable.
+    _HAVE_GUI = False
+
+    class ScriptedLoadableModuleLogic:  # type: ignore[no-redef]
+        """Stand-in base so the Logic can be instantiated without the Slicer application."""
+
+        def __init__(self, parent=None):
+            pass
+
+    # Distinct empty classes (not all `object`) so the Widget's two bases stay distinct.
+    class ScriptedLoadableModule:  # type: ignore[no-redef]
+        pass
+
+    class ScriptedLoadableModuleWidget:  # type: ignore[no-redef]
+        pass
+
+    class ScriptedLoadableModuleTest:  # type: ignore[no-redef]
+        pass
+
+    class VTKObservationMixin:  # type: ignore[no-redef]
+        pass
+
+    def parameterNodeWrapper(cls):  # type: ignore[no-redef]
+        return cls
+
+    def WithinRange(*args):  # type: ignore[no-redef]  # noqa: N802
+        return None
+
+    def Choice(*args):  # type: ignore[no-redef]  # noqa: N802
+        return None
+
+try:
+    from slicer.i18n import tr as _
+except ImportError:  # Older Slicer or slicer-core without translations.
+
+    def _(text: str) -> str:
+        return text
+
+
+from VertebraeLabelingLib import corrections
+from VertebraeLabelingLib.vertebrae import NAME_TO_INDEX, REGION_COLORS, REGIONS, region_of
+
+MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
+WORKER_SCRIPT = os.path.join(MODULE_DIR, "Resources", "Scripts", "vertebrae_labeling_worker.py")
+SAMPLE_DATA_FILE = os.path.join(MODULE_DIR, "Resources", "SampleData", "ts_example_ct.nii.gz")
+SAMPLE_NAME = "VertebraeLabelingAbdomenCT"
+
+# Node attributes and references that tie the per-region point lists to the output node.
+ATTR_ROLE = "VertebraeLabeling.Role"  # "output" on the anchor, "region" on the others
+ATTR_REGION = "VertebraeLabeling.Region"
+ATTR_FINGERPRINT = "VertebraeLabeling.Fingerprint"
+ATTR_SOURCE_VOLUME = "VertebraeLabeling.SourceVolume"
+REF_REGION_PREFIX = "VertebraeLabeling.RegionNode."
+
+_CONFIDENCE_RE = re.compile(r"confidence\s*[=:]?\s*([0-9]*\.?[0-9]+)", re.IGNORECASE)
+_PROGRESS_RE = re.compile(r"^PROGRESS\s+([0-9]*\.?[0-9]+)\s*(.*)$")
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+DEFAULT_STRIDE = 52  # the core's default cranio-caudal block step (voxels of 2 mm)
+
+
+#
+# Module
+#
+
+
+class VertebraeLabeling(ScriptedLoadableModule):
+    """Module description shown in Slicer's module list and help panel."""
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("Vertebrae Labeling")
+        self.parent.categories = [_("Spine")]
+        # PyTorch (the PyTorchUtils module) is a dependency of the extension, not of this module:
+        # declaring it here would stop the module loading at all, and the panel could not show
+        # the user how to install it.
+        self.parent.dependencies = []
+        self.parent.contributors = ["VertebraeLabeling contributors"]
+        self.parent.helpText = _(
+            "Finds the vertebrae C1-S2 in a CT and places one named point at each one's centre, "
+            "coloured by region. Drag, rename or delete points; after renaming one point, "
+            "'Renumber from this point' relabels all others along the spine. Implements "
+            "Qin et al., vertebrae labeling by integral regression."
+        )
+        self.parent.acknowledgementText = _(
+            "The sample CT and its reference labels come from the TotalSegmentator project "
+            "(Apache-2.0)."
+        )
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+def registerSampleData() -> None:
+    """Offer the bundled abdomen CT in the Sample Data module so a new user can try at once."""
+    import SampleData
+
+    if not os.path.exists(SAMPLE_DATA_FILE):
+        logging.warning(f"VertebraeLabeling sample data is missing: {SAMPLE_DATA_FILE}")
+        return
+    iconPath = os.path.join(MODULE_DIR, "Resources", "Icons", "VertebraeLabeling.png")
+    SampleData.SampleDataLogic.registerCustomSampleDataSource(
+        category="Vertebrae Labeling",
+        sampleName=SAMPLE_NAME,
+        thumbnailFileName=iconPath,
+        # The file ships with the extension; a file:// URI lets SampleData "download" it into its
+        # cache like any remote sample, without network access.
+        uris=SampleData.SampleDataLogic.path2uri(SAMPLE_DATA_FILE),
+        fileNames="ts_example_ct.nii.gz",
+        nodeNames="AbdomenCT",
+        loadFileTypes="VolumeFile",
+    )
+
+
+#
+# Parameter node
+#
+
+
+@parameterNodeWrapper
+class VertebraeLabelingParameterNode:
+    """Parameters of the panel, saved with the scene.
+
+    inputVolume - the CT to label.
+    outputMarkups - point list that receives the labels (None = create a new one on Apply).
+    device - where the network runs: auto (GPU when available), cpu or cuda.
+    modelPath - weights file; empty = the model bundled with the extension.
+    confidenceThreshold - points below it are highlighted for review.
+    blockStride - cranio-caudal step between network blocks (2 mm voxels); smaller = slower.
+    """
+
+    inputVolume: slicer.vtkMRMLScalarVolumeNode
+    outputMarkups: slicer.vtkMRMLMarkupsFiducialNode
+    device: Annotated[str, Choice(list(DEVICE_CHOICES))] = "auto"
+    modelPath: str = ""
+    confidenceThreshold: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
+    blockStride: Annotated[int, WithinRange(8, 104)] = DEFAULT_STRIDE
+
+
+#
+# Subprocess handling (no Qt: the widget polls it with a QTimer, tests poll it in a loop)
+#
+
+
+class LabelingJob:
+    """One run of the worker script in a child process, with progress, log and cancel.
+
+    A reader thread moves the child's stdout lines into a queue; :meth:`poll` (called from the
+    GUI thread) turns them into progress/log callbacks, so no Qt object is touched off-thread.
+    """
+
+    #: Seconds to wait for a cooperative stop after Cancel before killing the process tree.
+    KILL_AFTER_S = 3.0
+
+    def __init__(self, command: list[str], tempDir: str, resultPath: str, cancelFile: str,
+                 env: Optional[dict] = None) -> None:
+        self.command = command
+        self.tempDir = tempDir
+        self.resultPath = resultPath
+        self.cancelFile = cancelFile
+        self.env = env
+        self.proc: Optional[subprocess.Popen] = None
+        self.returnCode: Optional[int] = None
+        self.progress = 0.0
+        self.progressMessage = ""
+        self.errorMessage = ""
+        self.logLines: list[str] = []
+        self.cancelRequested = False
+        self.onProgress: Optional[Callable[[float, str], None]] = None
+        self.onLog: Optional[Callable[[str], None]] = None
+        self._queue: queue.Queue = queue.Queue()
+        self._killDeadline: Optional[float] = None
+        self._readerDone = threading.Event()
+
+    def start(self) -> None:
+        """Launch the child process and the thread that reads its output."""
+        kwargs = {}
+        if os.name == "nt":
+            # No console window, and a process group so the whole tree can be killed.
+            kwargs["creationflags"] = 0x08000000 | subprocess.CREATE_NEW_PROCESS_GROUP  # CREATE_NO_WINDOW
+        else:
+            # PythonSlicer is a launcher that starts the real interpreter as its child: a new
+            # session lets Cancel kill both with one killpg.
+            kwargs["start_new_session"] = True
+        self.proc = subprocess.Popen(
+            self.command, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            universal_newlines=True, encoding="utf-8", errors="replace", **kwargs,
+        )
+        threading.Thread(target=self._readOutput, daemon=True).start()
+
+    def _readOutput(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._queue.put(line.rstrip("\r\n"))
+        self.proc.wait()
+        self._readerDone.set()
+
+    def poll(self) -> bool:
+        """Handle the output received so far; return True while the job is still running."""
+        while True:
+            try:
+                line = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            self._handleLine(line)
+        if self.cancelRequested and self._killDeadline is not None and time.monotonic() > self._killDeadline:
+            self.kill()
+        if self._readerDone.is_set() and self._queue.empty():
+            if self.returnCode is None and self.proc is not None:
+                self.returnCode = self.proc.returncode
+            return False
+        return True
+
+    def _handleLine(self, line: str) -> None:
+        progress = parseProgressLine(line)
+        if progress is not None:
+            self.progress, self.progressMessage = progress
+            if self.onProgress:
+                self.onProgress(*progress)
+            return
+        if line.startswith("ERROR "):
+            self.errorMessage = line[len("ERROR "):].strip()
+        self.logLines.append(line)
+        if self.onLog:
+            self.onLog(line)
+
+    def wait(self, timeout: Optional[float] = None, interval: float = 0.05) -> int:
+        """Block until the job ends (scripting and tests); returns the exit code."""
+        t0 = time.monotonic()
+        while self.poll():
+            if timeout is not None and time.monotonic() - t0 > timeout:
+                self.kill()
+                raise TimeoutError(f"labeling did not finish within {timeout} s")
+            time.sleep(interval)
+        return int(self.returnCode if self.returnCode is not None else -1)
+
+    def cancel(self) -> None:
+        """Ask the worker to stop; it is killed if it has not stopped after KILL_AFTER_S."""
+        self.cancelRequested = True
+        try:
+            with open(self.cancelFile, "w") as f:
+                f.write("cancel")
+        except OSError:
+            self.kill()
+        self._killDeadline = time.monotonic() + self.KILL_AFTER_S
+
+    def kill(self) -> None:
+        """Kill the child and its children (the PythonSlicer launcher starts one)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            if os.name == "nt":
+                subprocess.run(["taskkill", "/F", "/T", "/PID", str(self.proc.pid)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+            else:
+                import signal
+
+                os.killpg(os.getpgid(self.proc.pid), signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            self.proc.kill()
+
+    @property
+    def succeeded(self) -> bool:
+        return self.returnCode == 0 and os.path.exists(self.resultPath)
+
+    @property
+    def cancelled(self) -> bool:
+        return self.cancelRequested and self.returnCode != 0
+
+    def cleanup(self) -> None:
+        """Delete the temporary folder (input copy, result, cancel file)."""
+        shutil.rmtree(self.tempDir, ignore_errors=True)
+
+
+def parseProgressLine(line: str) -> Optional[tuple[float, str]]:
+    """``"PROGRESS 0.42 block 3/7"`` -> ``(0.42, "block 3/7")``; anything else -> None."""
+    match = _PROGRESS_RE.match(line.strip())
+    if not match:
+        return None
+    return min(max(float(match.group(1)), 0.0), 1.0), match.group(2).strip()
+
+
+class MarkupPoint(NamedTuple):
+    """One labeled point as the panel sees it, wherever (which region node) it lives."""
+
+    node: object  # vtkMRMLMarkupsFiducialNode
+    index: int
+    label: str
+    positionRas: tuple[float, float, float]  # in the node's own (untransformed) coordinates
+    confidence: Optional[float]
+
+
+#
+# Logic
+#
+
+
+class VertebraeLabelingLogic(ScriptedLoadableModuleLogic):
+    """Runs the labeling and keeps its result in markups nodes; usable without the widget."""
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        #: Python used for the worker; Slicer's PythonSlicer when inside Slicer.
+        self.pythonExecutable = shutil.which("PythonSlicer") or sys.executable
+
+    def getParameterNode(self):
+        return VertebraeLabelingParameterNode(super().getParameterNode())
+
+    @staticmethod
+    def _scene():
+        return slicer.mrmlScene
+
+    # ---- running ---------------------------------------------------------------------------
+
+    def writeVolume(self, volumeNode, path: str) -> None:
+        """Write a volume node with Slicer's own writer (so the child sees exactly its geometry)."""
+        storageNode = slicer.vtkMRMLVolumeArchetypeStorageNode()
+        storageNode.SetFileName(path)
+        storageNode.UseCompressionOff()  # faster, and the file is deleted right after the run
+        if not storageNode.WriteData(volumeNode):
+            raise RuntimeError(f"Could not write the volume to {path}")
+
+    def buildCommand(self, inputPath: str, resultPath: str, cancelFile: str, device: str = "auto",
+                     modelPath: str = "", stride: int = 0) -> list[str]:
+        """Command line of the worker process."""
+        if device not in DEVICE_CHOICES:
+            raise ValueError(f"device must be one of {DEVICE_CHOICES}, not {device!r}")
+        command = [self.pythonExecutable, WORKER_SCRIPT, "--lib-dir", MODULE_DIR, "--input", inputPath,
+                   "--output", resultPath, "--cancel-file", cancelFile, "--device", device]
+        if modelPath:
+            command += ["--model", modelPath]
+        if stride:
+            command += ["--stride", str(int(stride))]
+        return command
+
+    def startLabeling(self, volumeNode, device: str = "auto", modelPath: str = "", stride: int = 0,
+                      command: Optional[list[str]] = None) -> LabelingJob:
+        """Write the volume to a temporary folder and start the worker on it (returns at once).
+
+        ``command`` replaces the worker's command line (tests use it to run a stand-in).
+        """
+        if volumeNode is None or volumeNode.GetImageData() is None:
+            raise ValueError(_("Select a CT volume first."))
+        if modelPath and not os.path.isfile(modelPath):
+            raise ValueError(_("The model file does not exist: {path}").format(path=modelPath))
+        tempDir = tempfile.mkdtemp(prefix="VertebraeLabeling-")
+        inputPath = os.path.join(tempDir, "input.nrrd")
+        resultPath = os.path.join(tempDir, "result.json")
+        cancelFile = os.path.join(tempDir, "cancel")
+        self.writeVolume(volumeNode, inputPath)
+        if command is None:
+            command = self.buildCommand(inputPath, resultPath, cancelFile, device, modelPath, stride)
+        env = None
+        if _HAVE_GUI:
+            # Like slicer.util.launchConsoleProcess: start from the environment Slicer was started
+            # in, so the PythonSlicer launcher sets up its own paths cleanly.
+            env = slicer.util.startupEnvironment()
+        job = LabelingJob(command, tempDir, resultPath, cancelFile, env)
+        job.start()
+        return job
+
+    @staticmethod
+    def readResultFile(path: str) -> dict:
+        """Read and check the worker's result JSON."""
+        with open(path, encoding="utf-8") as f:
+            result = json.load(f)
+        if result.get("format") != "vertebrae-labeling-slicer-result" or result.get("coordinateSystem") != "LPS":
+            raise ValueError(f"{path} is not a VertebraeLabeling result file")
+        for v in result.get("vertebrae", []):
+            if len(v.get("position", [])) != 3 or not isinstance(v.get("name"), str):
+                raise ValueError(f"malformed vertebra entry in {path}: {v!r}")
+        return result
+
+    def process(self, volumeNode, outputNode=None, device: str = "auto", modelPath: str = "", stride: int = 0,
+                overwriteEdited: bool = False, timeout: Optional[float] = None):
+        """Label ``volumeNode`` and wait for the result (for scripts and tests; the GUI does not block).
+
+        Returns the output point list (created when ``outputNode`` is None).
+        Raises:
+            ValueError: the output node holds user edits and ``overwriteEdited`` is False.
+            RuntimeError: the worker failed; the message is the worker's.
+        """
+        if outputNode is not None and self.isEdited(outputNode) and not overwriteEdited:
+            raise ValueError(_("The point list has been edited; set overwriteEdited to replace it."))
+        job = self.startLabeling(volumeNode, device, modelPath, stride)
+        try:
+            job.wait(timeout)
+            return self.finishLabeling(job, volumeNode, outputNode)
+        finally:
+            job.cleanup()
+
+    def finishLabeling(self, job: LabelingJob, volumeNode, outputNode=None):
+        """Turn a finished job into points; returns the output node."""
+        if job.cancelled:
+            raise RuntimeError(_("Labeling was cancelled."))
+        if not job.succeeded:
+            detail = job.errorMessage or "\n".join(job.logLines[-20:])
+            raise RuntimeError(_("Labeling failed: {detail}").format(detail=detail))
+        result = self.readResultFile(job.resultPath)
+        if outputNode is None:
+            outputNode = self.createOutputNode(volumeNode)
+        self.setResult(outputNode, volumeNode, result)
+        return outputNode
+
+    # ---- result -> markups -----------------------------------------------------------------
+
+    def createOutputNode(self, volumeNode=None):
+        """A new, empty output point list named after the CT."""
+        name = f"{volumeNode.GetName()} vertebrae" if volumeNode is not None else "Vertebrae"
+        node = self._scene().AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", self._scene().GenerateUniqueName(name))
+        node.CreateDefaultDisplayNodes()
+        return node
+
+    def setResult(self, outputNode, volumeNode, result: dict) -> None:
+        """Replace the points of ``outputNode`` (and its region lists) by a worker result.
+
+        The worker reports LPS millimetres in the CT file's frame, which is the volume node's
+        own frame (the storage node ignores parent transforms), so points are written in that
+        frame and the point lists are put under the volume's transform.
+        """
+        entries = []
+        for v in result.get("vertebrae", []):
+            x, y, z = (float(c) for c in v["position"])
+            entries.append((v["name"], (-x, -y, z), float(v.get("confidence", float("nan")))))
+        transformId = volumeNode.GetTransformNodeID() if volumeNode is not None else None
+        if volumeNode is not None:
+            outputNode.SetAttribute(ATTR_SOURCE_VOLUME, volumeNode.GetID())
+        self.writePoints(outputNode, entries, transformId=transformId)
+        self.markAsUnedited(outputNode)
+        for message in result.get("messages", []):
+            logging.warning(f"VertebraeLabeling: {message}")
+
+    def regionNodes(self, outputNode, create: bool = False) -> dict:
+        """``{region: point list}`` for the output node; the output node itself is one of them.
+
+        A point list has one colour, so each region gets its own list; the output node (the one
+        the user picked) keeps the region it was first given, the others are created next to it
+        and found again through node references.
+        """
+        nodes = {}
+        ownRegion = outputNode.GetAttribute(ATTR_REGION)
+        if ownRegion:
+            nodes[ownRegion] = outputNode
+        for region in REGIONS:
+            if region == ownRegion:
+                continue
+            node = outputNode.GetNodeReference(REF_REGION_PREFIX + region)
+            if node is None and create:
+                node = self._scene().AddNewNodeByClass(
+                    "vtkMRMLMarkupsFiducialNode",
+                    self._scene().GenerateUniqueName(f"{outputNode.GetName()} {region}"))
+                node.CreateDefaultDisplayNodes()
+                node.SetAttribute(ATTR_ROLE, "region")
+                node.SetAttribute(ATTR_REGION, region)
+                outputNode.SetNodeReferenceID(REF_REGION_PREFIX + region, node.GetID())
+                self._placeNextTo(node, outputNode)
+            if node is not None:
+                nodes[region] = node
+        return nodes
+
+    def _placeNextTo(self, node, outputNode) -> None:
+        """Show region lists under the output node in the Data module, so they read as one set."""
+        shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(self._scene())
+        if shNode is None:
+            return
+        parent = shNode.GetItemByDataNode(outputNode)
+        item = shNode.GetItemByDataNode(node)
+        if parent and item:
+            shNode.SetItemParent(item, parent)
+
+    def allNodes(self, outputNode) -> list:
+        """The output node followed by its region lists (each once)."""
+        nodes = [outputNode]
+        for node in self.regionNodes(outputNode).values():
+            if node not in nodes:
+                nodes.append(node)
+        return nodes
+
+    def points(self, outputNode) -> list[MarkupPoint]:
+        """All points of the set, in cranio-caudal order."""
+        pts = []
+        for node in self.allNodes(outputNode):
+            for i in range(node.GetNumberOfControlPoints()):
+                pos = [0.0, 0.0, 0.0]
+                node.GetNthControlPointPosition(i, pos)
+                pts.append(MarkupPoint(node, i, node.GetNthControlPointLabel(i), tuple(pos),
+                                       _parseConfidence(node.GetNthControlPointDescription(i))))
+        order = corrections.order_along_spine([p.positionRas for p in pts]) if pts else []
+        return [pts[i] for i in order]
+
+    def writePoints(self, outputNode, entries, transformId: Optional[str] = None) -> None:
+        """Replace all points of the set by ``entries`` = [(label, ras, confidence or None)].
+
+        Each point goes to the list of its label's region; names that are not vertebrae (e.g.
+        "?" after renumbering past S2) stay in the output node so they are never lost.
+        """
+        if not outputNode.GetAttribute(ATTR_REGION):
+            counts = {r: sum(1 for e in entries if _regionOrNone(e[0]) == r) for r in REGIONS}
+            outputNode.SetAttribute(ATTR_ROLE, "output")
+            outputNode.SetAttribute(ATTR_REGION, max(REGIONS, key=lambda r: counts[r]))
+        neededRegions = {_regionOrNone(e[0]) for e in entries} - {None}
+        nodes = self.regionNodes(outputNode, create=False)
+        if neededRegions - set(nodes):
+            nodes = self.regionNodes(outputNode, create=True)
+        outputRegion = outputNode.GetAttribute(ATTR_REGION)
+        if transformId is None:
+            transformId = outputNode.GetTransformNodeID()
+        wasModifying = {}
+        for node in self.allNodes(outputNode):
+            wasModifying[node] = node.StartModify()
+            node.RemoveAllControlPoints()
+            node.SetAndObserveTransformNodeID(transformId)
+        for label, ras, confidence in entries:
+            region = _regionOrNone(label)
+            node = nodes.get(region, outputNode) if region else outputNode
+            index = node.AddControlPoint(float(ras[0]), float(ras[1]), float(ras[2]), label)
+            node.SetNthControlPointDescription(index, _formatConfidence(confidence))
+            # Unlocked: the user must be able to drag every point.
+            node.SetNthControlPointLocked(index, False)
+        for node in self.allNodes(outputNode):
+            region = node.GetAttribute(ATTR_REGION) if node is not outputNode else outputRegion
+            self._styleNode(node, region)
+            node.SetLocked(False)
+            node.EndModify(wasModifying[node])
+
+    @staticmethod
+    def _styleNode(node, region: Optional[str]) -> None:
+        display = node.GetDisplayNode()
+        if display is None:
+            node.CreateDefaultDisplayNodes()
+            display = node.GetDisplayNode()
+        if display is None or region not in REGION_COLORS:
+            return
+        color = REGION_COLORS[region]
+        # Slicer draws points in SelectedColor while they are selected (the default), so both.
+        display.SetSelectedColor(*color)
+        display.SetColor(*color)
+        display.SetPointLabelsVisibility(True)
+
+    # ---- edits -----------------------------------------------------------------------------
+
+    def fingerprint(self, outputNode) -> str:
+        pts = self.points(outputNode)
+        return corrections.labels_fingerprint([p.label for p in pts], [p.positionRas for p in pts])
+
+    def markAsUnedited(self, outputNode) -> None:
+        """Remember the current points as "what the module wrote"."""
+        outputNode.SetAttribute(ATTR_FINGERPRINT, self.fingerprint(outputNode))
+
+    def isEdited(self, outputNode) -> bool:
+        """Whether the set holds anything other than what the module last wrote into it.
+
+        A list the module never wrote counts as edited when it has points: they are the
+        user's work either way.
+        """
+        if outputNode is None:
+            return False
+        stored = outputNode.GetAttribute(ATTR_FINGERPRINT)
+        if not stored:
+            return any(n.GetNumberOfControlPoints() > 0 for n in self.allNodes(outputNode))
+        return stored != self.fingerprint(outputNode)
+
+    def renamePoint(self, outputNode, point: MarkupPoint, newName: str, renumber: bool = False) -> None:
+        """Rename one point; with ``renumber`` relabel all others consistently along the spine.
+
+        Raises ValueError for a name that is not a vertebra (when renumbering, or when the
+        name is not even "?", so typos are caught).
+        """
+        pts = self.points(outputNode)
+        try:
+            index = next(i for i, p in enumerate(pts) if p.node is point.node and p.index == point.index)
+        except StopIteration:
+            raise ValueError("the point is not in this point list") from None
+        name = corrections.normalize_name(newName)
+        if renumber:
+            labels = corrections.renumber_points([p.label for p in pts], [p.positionRas for p in pts], index, newName)
+        else:
+            if name is None and newName.strip() != corrections.UNNAMED_LABEL:
+                raise ValueError(f"{newName!r} is not a vertebra name (C1..C7, T1..T12, L1..L5, S1, S2)")
+            labels = [p.label for p in pts]
+            labels[index] = name or corrections.UNNAMED_LABEL
+        self.writePoints(outputNode, [(lab, p.positionRas, p.confidence) for lab, p in zip(labels, pts)])
+
+    # ---- export ----------------------------------------------------------------------------
+
+    def _labelingResult(self, outputNode):
+        """The set as the core's ``LabelingResult`` (LPS, in the CT's frame), for its writers."""
+        import numpy as np
+        from VertebraeLabelingLib.inference import LabeledVertebra, LabelingResult
+
+        result = LabelingResult()
+        for p in self.points(outputNode):
+            if p.label not in NAME_TO_INDEX:
+                continue  # "?" has no place in any output format
+            x, y, z = p.positionRas
+            conf = p.confidence if p.confidence is not None else float("nan")
+            result.vertebrae.append(LabeledVertebra(p.label, np.array([-x, -y, z]), conf))
+        return result
+
+    def exportMarkupsJson(self, outputNode, path: str) -> None:
+        """All points of the set in one Slicer ``.mrk.json`` (written by Slicer's own writer)."""
+        merged = slicer.vtkMRMLMarkupsFiducialNode()
+        merged.SetName(outputNode.GetName())
+        self._scene().AddNode(merged)
+        try:
+            for p in self.points(outputNode):
+                i = merged.AddControlPoint(*p.positionRas, p.label)
+                merged.SetNthControlPointDescription(i, _formatConfidence(p.confidence))
+            storage = slicer.vtkMRMLMarkupsJsonStorageNode()
+            self._scene().AddNode(storage)
+            storage.SetFileName(path)
+            ok = storage.WriteData(merged)
+            self._scene().RemoveNode(storage)
+            if not ok:
+                raise RuntimeError(f"Could not write {path}")
+        finally:
+            self._scene().RemoveNode(merged)
+
+    def exportVerseJson(self, outputNode, volumeNode, path: str) -> None:
+        """VerSe ``_ctd.json`` via the core's writer (needs the CT for voxel coordinates)."""
+        from VertebraeLabelingLib import outputs
+
+        outputs.write_verse_json(self._labelingResult(outputNode), path, self._referenceImage(volumeNode))
+
+    def exportCsv(self, outputNode, path: str) -> None:
+        """CSV via the core's writer."""
+        from VertebraeLabelingLib import outputs
+
+        outputs.write_csv(self._labelingResult(outputNode), path)
+
+    @staticmethod
+    def _referenceImage(volumeNode):
+        """A SimpleITK image with the volume's geometry (voxels are not needed, so not copied)."""
+        import numpy as np
+        import SimpleITK as sitk
+
+        ijkToRas = vtk.vtkMatrix4x4()
+        volumeNode.GetIJKToRASMatrix(ijkToRas)
+        m = np.array([[ijkToRas.GetElement(r, c) for c in range(4)] for r in range(4)])
+        m[:2, :] *= -1  # RAS -> LPS
+        spacing = np.linalg.norm(m[:3, :3], axis=0)
+        direction = m[:3, :3] / spacing
+        dims = volumeNode.GetImageData().GetDimensions()
+        image = sitk.Image([int(d) for d in dims], sitk.sitkUInt8)
+        image.SetSpacing([float(s) for s in spacing])
+        image.SetOrigin([float(o) for o in m[:3, 3]])
+        image.SetDirection([float(d) for d in direction.flatten()])
+        return image
+
+
+def _regionOrNone(label: str) -> Optional[str]:
+    try:
+        return region_of(label)
+    except KeyError:
+        return None
+
+
+def _formatConfidence(confidence: Optional[float]) -> str:
+    if confidence is None or confidence != confidence:  # None or NaN
+        return ""
+    return f"confidence {confidence:.3f}"
+
+
+def _parseConfidence(description: str) -> Optional[float]:
+    match = _CONFIDENCE_RE.search(description or "")
+    return float(match.group(1)) if match else None
+
+
+#
+# Widget
+#
+
+
+class VertebraeLabelingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The panel."""
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._job: Optional[LabelingJob] = None
+        self._jobOutputNode = None
+        self._jobVolumeNode = None
+        self._timer = None
+        self._observedNodes = []
+        self._tablePoints: list[MarkupPoint] = []
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/VertebraeLabeling.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = VertebraeLabelingLogic()
+
+        self._timer = qt.QTimer()
+        self._timer.setInterval(200)
+        self._timer.timeout.connect(self._pollJob)
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
+        self.ui.installTorchButton.connect("clicked(bool)", self.onInstallTorch)
+        self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", self.onModelPathChanged)
+        self.ui.resultsTable.connect("cellClicked(int,int)", self.onTableCellClicked)
+        self.ui.renameButton.connect("clicked(bool)", lambda: self.onRename(renumber=False))
+        self.ui.renumberButton.connect("clicked(bool)", lambda: self.onRename(renumber=True))
+        self.ui.exportMrkButton.connect("clicked(bool)", lambda: self.onExport("mrk"))
+        self.ui.exportVerseButton.connect("clicked(bool)", lambda: self.onExport("verse"))
+        self.ui.exportCsvButton.connect("clicked(bool)", lambda: self.onExport("csv"))
+        self.ui.outputMarkupsSelector.connect("currentNodeChanged(vtkMRMLNode*)", self._observeOutput)
+
+        self.ui.progressBar.hide()
+        self.ui.cancelButton.hide()
+        self.ui.torchFrame.hide()
+        self.initializeParameterNode()
+        # Checking for torch imports it (seconds); do it after the panel is shown.
+        qt.QTimer.singleShot(0, self._updateTorchStatus)
+
+    def cleanup(self) -> None:
+        if self._job is not None:
+            self._job.kill()
+            self._job.cleanup()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputVolume:
+            firstVolumeNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if firstVolumeNode:
+                self._parameterNode.inputVolume = firstVolumeNode
+
+    def setParameterNode(self, inputParameterNode) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+            self.ui.modelPathLineEdit.currentPath = self._parameterNode.modelPath
+            self._checkCanApply()
+            self._observeOutput(self._parameterNode.outputMarkups)
+
+    def _checkCanApply(self, caller=None, event=None) -> None:
+        running = self._job is not None
+        ok = bool(self._parameterNode and self._parameterNode.inputVolume) and not running
+        self.ui.applyButton.enabled = ok
+        self.ui.applyButton.toolTip = _("Find and name the vertebrae") if ok else _("Select a CT volume")
+        self._refreshTable()
+
+    def onModelPathChanged(self, path: str) -> None:
+        if self._parameterNode:
+            self._parameterNode.modelPath = path
+
+    # ---- PyTorch ---------------------------------------------------------------------------
+
+    def _torchLogic(self):
+        try:
+            import PyTorchUtils
+        except ModuleNotFoundError:
+            return None
+        return PyTorchUtils.PyTorchUtilsLogic()
+
+    def _updateTorchStatus(self) -> bool:
+        """Show the PyTorch banner when torch is missing; return whether it is installed."""
+        torchLogic = self._torchLogic()
+        if torchLogic is None:
+            self.ui.torchStatusLabel.text = _(
+                "This module needs the PyTorch extension. Install 'PyTorch' from the Extensions "
+                "Manager and restart Slicer.")
+            self.ui.installTorchButton.enabled = False
+            self.ui.torchFrame.show()
+            return False
+        if not torchLogic.torchInstalled():
+            self.ui.torchStatusLabel.text = _(
+                "PyTorch is not installed. Click 'Install PyTorch' (a download of several hundred "
+                "MB; a CUDA build is chosen when an NVIDIA GPU is found).")
+            self.ui.installTorchButton.enabled = True
+            self.ui.torchFrame.show()
+            return False
+        self.ui.torchFrame.hide()
+        return True
+
+    def onInstallTorch(self) -> None:
+        torchLogic = self._torchLogic()
+        if torchLogic is None:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to install PyTorch."), waitCursor=True):
+            torch = torchLogic.installTorch(askConfirmation=True)
+            if torch is None:
+                slicer.util.warningDisplay(_("PyTorch was not installed."))
+        self._updateTorchStatus()
+
+    # ---- run -------------------------------------------------------------------------------
+
+    def onApplyButton(self) -> None:
+        if self._job is not None or not self._updateTorchStatus():
+            return
+        p = self._parameterNode
+        volumeNode = p.inputVolume
+        outputNode = p.outputMarkups
+        if outputNode is not None and self.logic.isEdited(outputNode):
+            box = qt.QMessageBox(qt.QMessageBox.Question, _("Vertebrae Labeling"),
+                                 _("'{name}' has been edited. Replace its points with the new result?").format(
+                                     name=outputNode.GetName()))
+            replace = box.addButton(_("Replace"), qt.QMessageBox.DestructiveRole)
+            newList = box.addButton(_("Create new point list"), qt.QMessageBox.AcceptRole)
+            box.addButton(qt.QMessageBox.Cancel)
+            box.exec_()
+            clicked = box.clickedButton()
+            box.deleteLater()
+            if clicked == newList:
+                outputNode = None
+            elif clicked != replace:
+                return
+        self.ui.logTextEdit.clear()
+        with slicer.util.tryWithErrorDisplay(_("Failed to start labeling."), waitCursor=True):
+            stride = p.blockStride if p.blockStride != DEFAULT_STRIDE else 0
+            self._job = self.logic.startLabeling(volumeNode, p.device, p.modelPath, stride)
+        if self._job is None:
+            return
+        self._jobVolumeNode, self._jobOutputNode = volumeNode, outputNode
+        self._job.onProgress = self._onProgress
+        self._job.onLog = self._addLog
+        self._addLog(_("Started: {cmd}").format(cmd=" ".join(self._job.command)))
+        self.ui.progressBar.value = 0
+        self.ui.progressBar.show()
+        self.ui.cancelButton.show()
+        self.ui.cancelButton.enabled = True
+        self._checkCanApply()
+        self._timer.start()
+
+    def onCancelButton(self) -> None:
+        if self._job is not None:
+            self._addLog(_("Cancelling..."))
+            self.ui.cancelButton.enabled = False
+            self._job.cancel()
+
+    def _onProgress(self, fraction: float, message: str) -> None:
+        self.ui.progressBar.value = int(round(100 * fraction))
+        self.ui.progressBar.setFormat(f"%p% {message}")
+
+    def _addLog(self, line: str) -> None:
+        self.ui.logTextEdit.appendPlainText(line)
+
+    def _pollJob(self) -> None:
+        job = self._job
+        if job is None or job.poll():
+            return
+        self._timer.stop()
+        self._job = None
+        self.ui.progressBar.hide()
+        self.ui.cancelButton.hide()
+        try:
+            if job.cancelled:
+                self._addLog(_("Cancelled."))
+                return
+            with slicer.util.tryWithErrorDisplay(_("Labeling failed."), waitCursor=True):
+                result = self.logic.readResultFile(job.resultPath) if job.succeeded else None
+                outputNode = self.logic.finishLabeling(job, self._jobVolumeNode, self._jobOutputNode)
+                self._parameterNode.outputMarkups = outputNode
+                self._observeOutput(outputNode)
+                n = len(self.logic.points(outputNode))
+                self._addLog(_("Placed {n} points.").format(n=n))
+                messages = (result or {}).get("messages", [])
+                if messages:
+                    slicer.util.warningDisplay("\n".join(messages), windowTitle=_("Vertebrae Labeling"))
+        finally:
+            job.cleanup()
+            self._checkCanApply()
+
+    # ---- results table and corrections -----------------------------------------------------
+
+    def _observeOutput(self, node=None) -> None:
+        """Refresh the table whenever a point of the set changes (drag, rename, delete)."""
+        for n in self._observedNodes:
+            self.removeObserver(n, slicer.vtkMRMLMarkupsNode.PointModifiedEvent, self._onPointsChanged)
+            self.removeObserver(n, slicer.vtkMRMLMarkupsNode.PointRemovedEvent, self._onPointsChanged)
+            self.removeObserver(n, slicer.vtkMRMLMarkupsNode.PointAddedEvent, self._onPointsChanged)
+        self._observedNodes = []
+        if node is not None and self.logic is not None:
+            self._observedNodes = self.logic.allNodes(node)
+            for n in self._observedNodes:
+                self.addObserver(n, slicer.vtkMRMLMarkupsNode.PointModifiedEvent, self._onPointsChanged)
+                self.addObserver(n, slicer.vtkMRMLMarkupsNode.PointRemovedEvent, self._onPointsChanged)
+                self.addObserver(n, slicer.vtkMRMLMarkupsNode.PointAddedEvent, self._onPointsChanged)
+        self._refreshTable()
+
+    def _onPointsChanged(self, caller=None, event=None) -> None:
+        # Drags fire many events; one refresh per event-loop pass is plenty.
+        qt.QTimer.singleShot(0, self._refreshTable)
+
+    def _refreshTable(self) -> None:
+        table = self.ui.resultsTable
+        outputNode = self._parameterNode.outputMarkups if self._parameterNode else None
+        self._tablePoints = self.logic.points(outputNode) if outputNode is not None else []
+        threshold = self._parameterNode.confidenceThreshold if self._parameterNode else 0.5
+        duplicates = set(corrections.duplicate_names([p.label for p in self._tablePoints]))
+        table.setRowCount(len(self._tablePoints))
+        for row, p in enumerate(self._tablePoints):
+            region = _regionOrNone(p.label)
+            conf = "" if p.confidence is None else f"{p.confidence:.2f}"
+            for col, text in enumerate((p.label, region or "-", conf)):
+                item = qt.QTableWidgetItem(text)
+                item.setFlags(qt.Qt.ItemIsSelectable | qt.Qt.ItemIsEnabled)
+                if col == 0 and region in REGION_COLORS:
+                    item.setBackground(qt.QColor.fromRgbF(*REGION_COLORS[region]))
+                if col == 2 and corrections.is_low_confidence(p.confidence, threshold):
+                    item.setBackground(qt.QColor(255, 200, 120))
+                    item.setToolTip(_("Low confidence: please check this vertebra."))
+                if col == 0 and p.label in duplicates:
+                    item.setToolTip(_("This name is used twice: rename one and renumber."))
+                    item.setForeground(qt.QColor(200, 0, 0))
+                table.setItem(row, col, item)
+        hasPoints = bool(self._tablePoints)
+        for button in (self.ui.renameButton, self.ui.renumberButton, self.ui.exportMrkButton,
+                       self.ui.exportVerseButton, self.ui.exportCsvButton):
+            button.enabled = hasPoints
+
+    def onTableCellClicked(self, row: int, column: int) -> None:
+        if not 0 <= row < len(self._tablePoints):
+            return
+        p = self._tablePoints[row]
+        self.ui.newNameLineEdit.text = p.label
+        slicer.modules.markups.logic().JumpSlicesToNthPointInMarkup(p.node.GetID(), p.index, True)
+
+    def onRename(self, renumber: bool) -> None:
+        row = self.ui.resultsTable.currentRow()
+        if not 0 <= row < len(self._tablePoints):
+            slicer.util.warningDisplay(_("Select a point in the table first."))
+            return
+        with slicer.util.tryWithErrorDisplay(_("Could not rename the point."), waitCursor=True):
+            outputNode = self._parameterNode.outputMarkups
+            self.logic.renamePoint(outputNode, self._tablePoints[row], self.ui.newNameLineEdit.text, renumber)
+            self._observeOutput(outputNode)
+
+    def onExport(self, kind: str) -> None:
+        outputNode = self._parameterNode.outputMarkups
+        if outputNode is None:
+            return
+        suffix = {"mrk": ".mrk.json", "verse": "_ctd.json", "csv": ".csv"}[kind]
+        filters = {"mrk": "Markups JSON (*.mrk.json)", "verse": "VerSe centroids (*_ctd.json)", "csv": "CSV (*.csv)"}
+        path = qt.QFileDialog.getSaveFileName(self.parent, _("Export vertebrae"),
+                                              outputNode.GetName() + suffix, filters[kind])
+        if not path:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Export failed."), waitCursor=True):
+            if kind == "mrk":
+                self.logic.exportMarkupsJson(outputNode, path)
+            elif kind == "verse":
+                volumeNode = slicer.mrmlScene.GetNodeByID(outputNode.GetAttribute(ATTR_SOURCE_VOLUME) or "")
+                volumeNode = volumeNode or self._parameterNode.inputVolume
+                self.logic.exportVerseJson(outputNode, volumeNode, path)
+            else:
+                self.logic.exportCsv(outputNode, path)
+            self._addLog(_("Exported {path}").format(path=path))
+
+
+#
+# Test (runs inside Slicer: Reload and Test, or ctest via slicer_add_python_unittest)
+#
+
+
+class VertebraeLabelingTest(ScriptedLoadableModuleTest):
+    """End-to-end test on the bundled sample CT, inside a real Slicer."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_SampleDataAndMarkups()
+        self.setUp()
+        self.test_Labeling()
+
+    def _loadSample(self):
+        import SampleData
+
+        registerSampleData()
+        volumeNode = SampleData.downloadSample(SAMPLE_NAME)
+        self.assertIsNotNone(volumeNode)
+        return volumeNode
+
+    def test_SampleDataAndMarkups(self):
+        """Result -> region point lists -> renumber -> edit detection -> export, without the network."""
+        self.delayDisplay("Loading the sample CT")
+        volumeNode = self._loadSample()
+        logic = VertebraeLabelingLogic()
+        result = {"format": "vertebrae-labeling-slicer-result", "version": 1, "coordinateSystem": "LPS",
+                  "vertebrae": [{"name": n, "position": [0.0, -100.0, z], "confidence": 0.9}
+                                for n, z in (("T12", 300.0), ("L1", 270.0), ("L2", 240.0))]}
+        out = logic.createOutputNode(volumeNode)
+        logic.setResult(out, volumeNode, result)
+        pts = logic.points(out)
+        self.assertEqual([p.label for p in pts], ["T12", "L1", "L2"])
+        self.assertAlmostEqual(pts[0].positionRas[1], 100.0)  # LPS y -100 -> RAS y +100
+        self.assertFalse(logic.isEdited(out))
+        logic.renamePoint(out, pts[0], "L1", renumber=True)
+        self.assertEqual([p.label for p in logic.points(out)], ["L1", "L2", "L3"])
+        self.assertTrue(logic.isEdited(out))
+        path = os.path.join(slicer.app.temporaryPath, "VertebraeLabelingTest.mrk.json")
+        logic.exportMarkupsJson(out, path)
+        loaded = slicer.util.loadMarkups(path)
+        self.assertEqual(loaded.GetNumberOfControlPoints(), 3)
+        self.delayDisplay("Markups test passed")
+
+    def test_Labeling(self):
+        """The full run through the worker process (needs PyTorch)."""
+        try:
+            import PyTorchUtils
+
+            if not PyTorchUtils.PyTorchUtilsLogic().torchInstalled():
+                self.skipTest("PyTorch is not installed")
+        except ModuleNotFoundError:
+            self.skipTest("the PyTorch extension is not installed")
+        volumeNode = self._loadSample()
+        logic = VertebraeLabelingLogic()
+        self.delayDisplay("Labeling the sample CT (a minute on a CPU)")
+        out = logic.process(volumeNode, device="auto", timeout=1800)
+        self.assertFalse(logic.isEdited(out))
+        for p in logic.points(out):
+            self.assertIn(p.label, NAME_TO_INDEX)
+        with self.assertRaises(ValueError):
+            pts = logic.points(out)
+            if pts:
+                pts[0].node.SetNthControlPointPosition(pts[0].index, 0.0, 0.0, 0.0)
+                self.assertTrue(logic.isEdited(out))
+                logic.process(volumeNode, out)
+            else:
+                raise ValueError("no points to edit")
+        self.delayDisplay("Labeling test passed")
