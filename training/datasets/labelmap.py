@@ -104,9 +104,12 @@ def label_centroids(labels: sitk.Image, id_map: str = "auto", sacrum_as_s2: bool
     return centroids, [n for n in partial if n in centroids]
 
 
+_IMAGE_EXTS = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
+
+
 def _is_label_file(name: str) -> bool:
     lower = name.lower()
-    return lower.endswith((".nii", ".nii.gz", ".nrrd", ".mha")) and any(h in lower for h in _LABEL_HINTS)
+    return lower.endswith(_IMAGE_EXTS) and any(h in lower for h in _LABEL_HINTS)
 
 
 def _find_image(folder: str) -> Optional[str]:
@@ -129,7 +132,7 @@ def _find_image(folder: str) -> Optional[str]:
 def _find_labels(folder: str, pattern: Optional[str]) -> Optional[str]:
     names = sorted(n for n in os.listdir(folder) if os.path.isfile(os.path.join(folder, n)))
     if pattern:
-        names = [n for n in names if fnmatch.fnmatch(n, pattern)]
+        names = [n for n in names if fnmatch.fnmatch(n, pattern) and n.lower().endswith(_IMAGE_EXTS)]
     else:
         names = [n for n in names if _is_label_file(n)]
     if not names:
