@@ -82,7 +82,11 @@ from VertebraeLabelingLib.vertebrae import NAME_TO_INDEX, REGION_COLORS, REGIONS
 
 MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
 WORKER_SCRIPT = os.path.join(MODULE_DIR, "Resources", "Scripts", "vertebrae_labeling_worker.py")
-SAMPLE_DATA_FILE = os.path.join(MODULE_DIR, "Resources", "SampleData", "ts_example_ct.nii.gz")
+# Installed extension: the module's Resources; source tree: the repository's Testing/Data.
+SAMPLE_DATA_CANDIDATES = (
+    os.path.join(MODULE_DIR, "Resources", "SampleData", "ts_example_ct.nii.gz"),
+    os.path.join(MODULE_DIR, "..", "Testing", "Data", "ts_example_ct.nii.gz"),
+)
 SAMPLE_NAME = "VertebraeLabelingAbdomenCT"
 
 # Node attributes and references that tie the per-region point lists to the output node.
@@ -133,8 +137,9 @@ def registerSampleData() -> None:
     """Offer the bundled abdomen CT in the Sample Data module so a new user can try at once."""
     import SampleData
 
-    if not os.path.exists(SAMPLE_DATA_FILE):
-        logging.warning(f"VertebraeLabeling sample data is missing: {SAMPLE_DATA_FILE}")
+    sampleFile = next((p for p in SAMPLE_DATA_CANDIDATES if os.path.exists(p)), None)
+    if sampleFile is None:
+        logging.warning(f"VertebraeLabeling sample data is missing: {SAMPLE_DATA_CANDIDATES[0]}")
         return
     iconPath = os.path.join(MODULE_DIR, "Resources", "Icons", "VertebraeLabeling.png")
     SampleData.SampleDataLogic.registerCustomSampleDataSource(
@@ -143,7 +148,7 @@ def registerSampleData() -> None:
         thumbnailFileName=iconPath,
         # The file ships with the extension; a file:// URI lets SampleData "download" it into its
         # cache like any remote sample, without network access.
-        uris=SampleData.SampleDataLogic.path2uri(SAMPLE_DATA_FILE),
+        uris=SampleData.SampleDataLogic.path2uri(os.path.abspath(sampleFile)),
         fileNames="ts_example_ct.nii.gz",
         nodeNames="AbdomenCT",
         loadFileTypes="VolumeFile",
@@ -622,18 +627,23 @@ class VertebraeLabelingLogic(ScriptedLoadableModuleLogic):
     # ---- export ----------------------------------------------------------------------------
 
     def _labelingResult(self, outputNode):
-        """The set as the core's ``LabelingResult`` (LPS, in the CT's frame), for its writers."""
-        import numpy as np
-        from VertebraeLabelingLib.inference import LabeledVertebra, LabelingResult
+        """The set as a result object for the core's writers (LPS, in the CT's frame).
 
-        result = LabelingResult()
+        The writers only read ``.vertebrae[i].name/.position_lps/.confidence``; building a plain
+        object here (not the core's ``LabelingResult``) keeps export free of the torch import.
+        """
+        import types
+
+        import numpy as np
+
+        vertebrae = []
         for p in self.points(outputNode):
             if p.label not in NAME_TO_INDEX:
                 continue  # "?" has no place in any output format
             x, y, z = p.positionRas
             conf = p.confidence if p.confidence is not None else float("nan")
-            result.vertebrae.append(LabeledVertebra(p.label, np.array([-x, -y, z]), conf))
-        return result
+            vertebrae.append(types.SimpleNamespace(name=p.label, position_lps=np.array([-x, -y, z]), confidence=conf))
+        return types.SimpleNamespace(vertebrae=vertebrae)
 
     def exportMarkupsJson(self, outputNode, path: str) -> None:
         """All points of the set in one Slicer ``.mrk.json`` (written by Slicer's own writer)."""
