@@ -74,7 +74,7 @@ def synthetic_cases(n: int, seed0: int) -> Iterator[EvaluationCase]:
     for seed in range(seed0, seed0 + n):
         holder: Dict[str, object] = {}
 
-        def make(seed: int = seed) -> object:
+        def make(seed: int = seed, holder: Dict[str, object] = holder) -> object:
             if "case" not in holder:
                 holder["case"] = generate_case(seed)
             return holder["case"]

@@ -163,6 +163,12 @@ def _fmt(value: Optional[float], spec: str = ".1f") -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _mean_std(stats: GroupStats) -> str:
+    if stats.mean_error_mm is None:
+        return "-"
+    return f"{_fmt(stats.mean_error_mm)}({_fmt(stats.std_error_mm)})"
+
+
 def format_table(summary: Mapping[str, GroupStats], method: str = "Ours",
                  map_value: Optional[float] = None) -> str:
     """A text table laid out like the paper's Table IV (plus counts and the mAP)."""
@@ -171,9 +177,7 @@ def format_table(summary: Mapping[str, GroupStats], method: str = "Ours",
     head2 = f"{'Method':<14}" + "".join(f"{_REGION_SHORT[g]:>8}" for g in groups) + "  " + "".join(
         f"{_REGION_SHORT[g]:>12}" for g in groups)
     rates = "".join(f"{_fmt(summary[g].id_rate):>8}" for g in groups)
-    errors = "".join(
-        f"{(_fmt(summary[g].mean_error_mm) + '(' + _fmt(summary[g].std_error_mm) + ')') if summary[g].mean_error_mm is not None else '-':>12}"
-        for g in groups)
+    errors = "".join(f"{_mean_std(summary[g]):>12}" for g in groups)
     counts = "".join(f"{summary[g].n_truth:>8d}" for g in groups) + "  " + "".join(
         f"{summary[g].n_localised:>12d}" for g in groups)
     lines = [head1, head2, "-" * len(head2), f"{method:<14}{rates}  {errors}", f"{'n (truth)':<14}{counts}"]

@@ -41,7 +41,7 @@ def parse_lml(path: str) -> List[Tuple[str, np.ndarray]]:
     Lines that do not end in three numbers (the header, comments, blanks) are skipped.
     """
     entries = []
-    with open(path, "r", encoding="utf-8", errors="replace") as f:
+    with open(path, encoding="utf-8", errors="replace") as f:
         for line in f:
             parts = line.split()
             if len(parts) < 4 or parts[0].startswith("#"):

@@ -82,7 +82,7 @@ def parse_verse_json(path: str) -> Tuple[Optional[Tuple[str, str, str]], List[Tu
 
     Entries with NaN coordinates (present in some releases) are skipped.
     """
-    with open(path, "r", encoding="utf-8") as f:
+    with open(path, encoding="utf-8") as f:
         items = json.load(f)
     if not isinstance(items, list):
         raise ValueError(f"{path}: expected a JSON list of centroid entries")
