@@ -1,0 +1,92 @@
+"""The user's story: load the bundled CT, label it, check the result against the annotation in mm."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from VertebraeLabeling.VertebraeLabelingLib import cli
+from VertebraeLabeling.VertebraeLabelingLib.errors import CancelledError
+from VertebraeLabeling.VertebraeLabelingLib.image_io import read_image
+from VertebraeLabeling.VertebraeLabelingLib.inference import label_ct
+from VertebraeLabeling.VertebraeLabelingLib.model_io import load_model
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    return load_model()
+
+
+@pytest.fixture(scope="module")
+def sample_result(sample_ct_path, bundled):
+    model, manifest = bundled
+    model.trained = manifest["trained"]
+    return label_ct(read_image(sample_ct_path), model=model, device="cpu")
+
+
+def test_cli_writes_markups_and_overview_and_prints_a_table(tmp_path, capsys, sample_ct_path):
+    out = tmp_path / "sample.mrk.json"
+    png = tmp_path / "sample.png"
+    code = cli.main([sample_ct_path, "-o", str(out), "--overview", str(png), "--device", "cpu"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "vertebra" in printed and "confidence" in printed and f"wrote {out}" in printed
+    doc = json.loads(out.read_text())
+    assert doc["markups"][0]["type"] == "Fiducial"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("fmt, suffix", [("csv", ".csv"), ("verse", "_ctd.json")])
+def test_cli_other_formats_default_next_to_the_ct(tmp_path, sample_ct_path, fmt, suffix):
+    ct = tmp_path / "patient.nii.gz"
+    ct.write_bytes(open(sample_ct_path, "rb").read())
+    assert cli.main([str(ct), "--format", fmt, "-q"]) == 0
+    assert (tmp_path / ("patient" + suffix)).exists()
+
+
+def test_labels_are_in_order_and_unique(sample_result):
+    names = [v.name for v in sample_result.vertebrae]
+    assert len(names) == len(set(names))
+    from VertebraeLabeling.VertebraeLabelingLib.vertebrae import NAME_TO_INDEX
+
+    assert [NAME_TO_INDEX[n] for n in names] == sorted(NAME_TO_INDEX[n] for n in names)
+    z = [v.position_lps[2] for v in sample_result.vertebrae]
+    assert z == sorted(z, reverse=True)  # cranio-caudal: superior (larger LPS z) first
+
+
+def test_only_spine_blocks_are_computed(sample_result):
+    assert 1 <= sample_result.num_blocks <= 5
+
+
+def test_trained_model_names_every_whole_vertebra_within_5_mm(sample_result, sample_annotation_lps, bundled):
+    _, manifest = bundled
+    if not manifest["trained"]:
+        pytest.skip("the bundled model is the untrained placeholder")
+    found = sample_result.as_dict()
+    errors = {}
+    for name, truth in sample_annotation_lps.items():
+        assert name in found, f"{name} was not labeled; got {sorted(found)}"
+        errors[name] = float(np.linalg.norm(found[name] - truth))
+    assert max(errors.values()) <= 5.0, errors
+
+
+def test_cancel_stops_the_run_and_writes_nothing(tmp_path, sample_ct_path, bundled):
+    model, _ = bundled
+    calls = []
+
+    def cancel():
+        calls.append(1)
+        return len(calls) > 2
+
+    with pytest.raises(CancelledError):
+        label_ct(read_image(sample_ct_path), model=model, device="cpu", cancel=cancel)
+    assert os.listdir(tmp_path) == []
+
+
+def test_progress_is_reported_up_to_done(sample_ct_path, bundled):
+    model, _ = bundled
+    seen = []
+    label_ct(read_image(sample_ct_path), model=model, device="cpu", progress=lambda f, m: seen.append((f, m)))
+    fractions = [f for f, _ in seen]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0 and len(seen) >= 4
