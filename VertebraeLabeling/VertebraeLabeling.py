@@ -380,7 +380,8 @@ class VertebraeLabelingLogic(ScriptedLoadableModuleLogic):
                       command: Optional[list[str]] = None) -> LabelingJob:
         """Write the volume to a temporary folder and start the worker on it (returns at once).
 
-        ``command`` replaces the worker's command line (tests use it to run a stand-in).
+        ``command`` replaces ``[python, worker script]`` at the head of the command line (tests
+        run a stand-in worker with the real arguments this way).
         """
         if volumeNode is None or volumeNode.GetImageData() is None:
             raise ValueError(_("Select a CT volume first."))
@@ -391,14 +392,15 @@ class VertebraeLabelingLogic(ScriptedLoadableModuleLogic):
         resultPath = os.path.join(tempDir, "result.json")
         cancelFile = os.path.join(tempDir, "cancel")
         self.writeVolume(volumeNode, inputPath)
-        if command is None:
-            command = self.buildCommand(inputPath, resultPath, cancelFile, device, modelPath, stride)
+        fullCommand = self.buildCommand(inputPath, resultPath, cancelFile, device, modelPath, stride)
+        if command is not None:
+            fullCommand = list(command) + fullCommand[2:]
         env = None
         if _HAVE_GUI:
             # Like slicer.util.launchConsoleProcess: start from the environment Slicer was started
             # in, so the PythonSlicer launcher sets up its own paths cleanly.
             env = slicer.util.startupEnvironment()
-        job = LabelingJob(command, tempDir, resultPath, cancelFile, env)
+        job = LabelingJob(fullCommand, tempDir, resultPath, cancelFile, env)
         job.start()
         return job
 
@@ -473,12 +475,13 @@ class VertebraeLabelingLogic(ScriptedLoadableModuleLogic):
         for message in result.get("messages", []):
             logging.warning(f"VertebraeLabeling: {message}")
 
-    def regionNodes(self, outputNode, create: bool = False) -> dict:
+    def regionNodes(self, outputNode, create=()) -> dict:
         """``{region: point list}`` for the output node; the output node itself is one of them.
 
         A point list has one colour, so each region gets its own list; the output node (the one
         the user picked) keeps the region it was first given, the others are created next to it
-        and found again through node references.
+        and found again through node references. Lists for the regions in ``create`` are made
+        when missing, so a lumbar-only CT does not get empty cervical/thoracic lists.
         """
         nodes = {}
         ownRegion = outputNode.GetAttribute(ATTR_REGION)
@@ -488,7 +491,7 @@ class VertebraeLabelingLogic(ScriptedLoadableModuleLogic):
             if region == ownRegion:
                 continue
             node = outputNode.GetNodeReference(REF_REGION_PREFIX + region)
-            if node is None and create:
+            if node is None and region in create:
                 node = self._scene().AddNewNodeByClass(
                     "vtkMRMLMarkupsFiducialNode",
                     self._scene().GenerateUniqueName(f"{outputNode.GetName()} {region}"))
@@ -542,9 +545,7 @@ class VertebraeLabelingLogic(ScriptedLoadableModuleLogic):
             outputNode.SetAttribute(ATTR_ROLE, "output")
             outputNode.SetAttribute(ATTR_REGION, max(REGIONS, key=lambda r: counts[r]))
         neededRegions = {_regionOrNone(e[0]) for e in entries} - {None}
-        nodes = self.regionNodes(outputNode, create=False)
-        if neededRegions - set(nodes):
-            nodes = self.regionNodes(outputNode, create=True)
+        nodes = self.regionNodes(outputNode, create=neededRegions)
         outputRegion = outputNode.GetAttribute(ATTR_REGION)
         if transformId is None:
             transformId = outputNode.GetTransformNodeID()
