@@ -13,6 +13,7 @@ be tested outside the Slicer application; the GUI imports are guarded for that r
 import json
 import logging
 import os
+import pathlib
 import queue
 import re
 import shutil
@@ -148,10 +149,9 @@ def registerSampleData() -> None:
         thumbnailFileName=iconPath,
         # The file ships with the extension; a file:// URI lets SampleData "download" it into its
         # cache like any remote sample, without network access.
-        uris=SampleData.SampleDataLogic.path2uri(os.path.abspath(sampleFile)),
+        uris=pathlib.Path(os.path.abspath(sampleFile)).as_uri(),
         fileNames="ts_example_ct.nii.gz",
         nodeNames="AbdomenCT",
-        loadFileTypes="VolumeFile",
     )
 
 
