@@ -8,8 +8,9 @@ dynamic programme then picks the set of candidates that is in cranio-caudal orde
 plausible spacing and the highest total confidence. No label can be duplicated or out of order.
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Optional
 
 import numpy as np
 
@@ -51,9 +52,9 @@ class Candidate:
 class AggregationResult:
     """The chosen vertebrae (sorted cranio-caudally) and all candidates considered."""
 
-    chosen: List[Candidate]
-    candidates: List[Candidate] = field(default_factory=list)
-    max_probabilities: Dict[str, float] = field(default_factory=dict)
+    chosen: list[Candidate]
+    candidates: list[Candidate] = field(default_factory=list)
+    max_probabilities: dict[str, float] = field(default_factory=dict)
 
 
 def cluster_votes(
@@ -61,13 +62,13 @@ def cluster_votes(
     spacing: float,
     min_probability: float = 0.5,
     volume_shape: Optional[Sequence[int]] = None,
-) -> List[Candidate]:
+) -> list[Candidate]:
     """Group each label's votes into clusters; each cluster becomes a :class:`Candidate`.
 
     A candidate's confidence is the mean probability that the blocks which could see it (it lies
     in their interior) gave its label: two blocks saying 0.9 and one saying 0.1 → 0.63.
     """
-    candidates: List[Candidate] = []
+    candidates: list[Candidate] = []
     for label in range(NUM_VERTEBRAE):
         pts, wts = [], []
         for pred in predictions:
@@ -95,7 +96,7 @@ def _inside(pos: np.ndarray, shape: Sequence[int]) -> bool:
     return bool(np.all(pos >= -0.5) and np.all(pos <= np.asarray(shape) - 0.5))
 
 
-def _greedy_clusters(points: np.ndarray, weights: np.ndarray, radius: float) -> List[np.ndarray]:
+def _greedy_clusters(points: np.ndarray, weights: np.ndarray, radius: float) -> list[np.ndarray]:
     """Clusters of points within ``radius`` of the heaviest remaining point, repeated until none is left."""
     remaining = np.arange(len(points))
     clusters = []
@@ -134,7 +135,7 @@ def enforce_anatomical_order(
     spacing: float,
     min_ratio: float = 0.5,
     max_ratio: float = 1.8,
-) -> List[Candidate]:
+) -> list[Candidate]:
     """Choose the best chain of candidates that is ordered and plausibly spaced.
 
     Candidates are sorted cranio-caudally (canonical axis 0). A chain may use candidate b after a

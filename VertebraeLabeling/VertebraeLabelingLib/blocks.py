@@ -7,8 +7,9 @@ present in every slab near the body's midline; following it from slab to slab gi
 is the naive sliding window over the whole volume, kept for comparison and as a fallback.
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Optional
 
 import numpy as np
 
@@ -23,8 +24,8 @@ MIN_SPINE_AREA_MM2: float = 150.0
 class Block:
     """A block of the canonical volume: ``start`` (k, j, i) of its first voxel, may be negative."""
 
-    start: Tuple[int, int, int]
-    shape: Tuple[int, int, int] = BLOCK_SHAPE
+    start: tuple[int, int, int]
+    shape: tuple[int, int, int] = BLOCK_SHAPE
 
     def contains(self, kji: np.ndarray, margin: float = 0.0) -> np.ndarray:
         """Whether continuous indices (..., 3) lie inside the block, at least ``margin`` voxels from its faces."""
@@ -72,7 +73,7 @@ def find_spine_track(
     # Candidates per slab: the few best local maxima of the smoothed bone score. The track is the
     # chain of candidates with the best total score minus a penalty for in-plane jumps (Viterbi),
     # so femoral heads or an iliac crest cannot pull it away from the column it follows elsewhere.
-    slabs: List[Tuple[int, np.ndarray, np.ndarray]] = []
+    slabs: list[tuple[int, np.ndarray, np.ndarray]] = []
     for k0 in range(0, k_size, slab):
         proj = bone[k0 : k0 + slab].mean(axis=0)
         score = _box_mean(proj, radius) * i_weight[None, :]
@@ -84,7 +85,7 @@ def find_spine_track(
         return None
     jump_mm = 20.0  # the spine's in-plane drift between slabs 16 mm apart stays well below this
     best = [slabs[0][2].copy()]
-    back: List[np.ndarray] = []
+    back: list[np.ndarray] = []
     for n in range(1, len(slabs)):
         prev_pts, pts = slabs[n - 1][1], slabs[n][1]
         gap = (slabs[n][0] - slabs[n - 1][0]) / slab
@@ -104,7 +105,7 @@ def find_spine_track(
     return track
 
 
-def _top_peaks(score: np.ndarray, n: int, min_dist: int) -> Tuple[np.ndarray, np.ndarray]:
+def _top_peaks(score: np.ndarray, n: int, min_dist: int) -> tuple[np.ndarray, np.ndarray]:
     """Up to ``n`` highest points of ``score`` at least ``min_dist`` apart (greedy suppression)."""
     work = score.copy()
     pts, vals = [], []
@@ -124,8 +125,8 @@ def plan_blocks(
     track: Optional[np.ndarray],
     stride: int = 52,
     exhaustive: bool = False,
-    block_shape: Tuple[int, int, int] = BLOCK_SHAPE,
-) -> List[Block]:
+    block_shape: tuple[int, int, int] = BLOCK_SHAPE,
+) -> list[Block]:
     """Block positions covering the spine (or, with ``exhaustive``, the whole volume).
 
     Along the spine the blocks step ``stride`` slices (default half a block, so each vertebra is
@@ -158,7 +159,7 @@ def plan_blocks(
     return blocks
 
 
-def _axis_starts(length: int, block: int, stride: int) -> List[int]:
+def _axis_starts(length: int, block: int, stride: int) -> list[int]:
     """Starts of blocks covering ``[0, length)``: centred when one block is enough, else stepping by stride."""
     if length <= block:
         return [int(np.floor((length - block) / 2))]

@@ -6,7 +6,7 @@ Everything is read with SimpleITK, so the returned image carries its geometry in
 
 import os
 import zlib
-from typing import List, Optional
+from typing import Optional
 
 import numpy as np
 import SimpleITK as sitk
@@ -78,7 +78,7 @@ def _check_gzip_complete(path: str) -> None:
 
 
 def _read_dicom_folder(folder: str) -> sitk.Image:
-    series_ids: List[str] = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(folder) or [])
+    series_ids: list[str] = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(folder) or [])
     if not series_ids:
         raise InputImageError(f"The folder {folder} holds no DICOM series.")
     if len(series_ids) > 1:

@@ -6,7 +6,7 @@ training package's evaluation.
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Optional
 
 import numpy as np
 import SimpleITK as sitk
@@ -52,14 +52,14 @@ class LabelingResult:
         model_trained: False when the weights are the untrained placeholder: results are meaningless.
     """
 
-    vertebrae: List[LabeledVertebra] = field(default_factory=list)
-    probabilities: Dict[str, float] = field(default_factory=dict)
-    timings: Dict[str, float] = field(default_factory=dict)
-    messages: List[str] = field(default_factory=list)
+    vertebrae: list[LabeledVertebra] = field(default_factory=list)
+    probabilities: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    messages: list[str] = field(default_factory=list)
     model_trained: bool = True
     num_blocks: int = 0
 
-    def as_dict(self) -> Dict[str, np.ndarray]:
+    def as_dict(self) -> dict[str, np.ndarray]:
         """``{name: position_lps}``."""
         return {v.name: v.position_lps for v in self.vertebrae}
 
@@ -81,15 +81,15 @@ def _check_cancel(cancel: Optional[CancelCallback]) -> None:
 def predict_blocks(
     model: VertebraeNet,
     volume: np.ndarray,
-    block_list: List[blocks.Block],
+    block_list: list[blocks.Block],
     device: torch.device,
     fill: float,
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelCallback] = None,
     progress_span=(0.0, 1.0),
-) -> List[aggregation.BlockPrediction]:
+) -> list[aggregation.BlockPrediction]:
     """Run the network on each block of a normalised canonical volume."""
-    out: List[aggregation.BlockPrediction] = []
+    out: list[aggregation.BlockPrediction] = []
     memory_format = torch.channels_last_3d if device.type == "cpu" else torch.contiguous_format
     model = model.to(device=device, memory_format=memory_format)
     lo, hi = progress_span

@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 import tempfile
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Optional
 
 import torch
 
@@ -57,7 +57,7 @@ def sha256_of(path: str) -> str:
 
 
 def save_weights(model: VertebraeNet, path: str, trained: bool, description: str = "",
-                 training: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+                 training: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """Write ``model``'s state dict to ``path`` and its manifest next to it (both atomically)."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
@@ -83,7 +83,7 @@ def save_weights(model: VertebraeNet, path: str, trained: bool, description: str
     return manifest
 
 
-def _write_json_atomic(path: str, data: Dict[str, Any]) -> None:
+def _write_json_atomic(path: str, data: dict[str, Any]) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=folder, suffix=".json.tmp")
     with os.fdopen(fd, "w") as handle:
@@ -92,7 +92,7 @@ def _write_json_atomic(path: str, data: Dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def read_manifest(path: str) -> Dict[str, Any]:
+def read_manifest(path: str) -> dict[str, Any]:
     """Read and check the manifest of the weights file ``path``."""
     if not os.path.isfile(path):
         raise ModelFileError(f"Model file not found: {path}")
@@ -112,7 +112,7 @@ def read_manifest(path: str) -> Dict[str, Any]:
     return manifest
 
 
-def load_model(path: Optional[str] = None, device: str = "cpu") -> Tuple[VertebraeNet, Dict[str, Any]]:
+def load_model(path: Optional[str] = None, device: str = "cpu") -> tuple[VertebraeNet, dict[str, Any]]:
     """Load weights after verifying their checksum; return ``(model in eval mode, manifest)``.
 
     Raises:

@@ -12,7 +12,7 @@ on a 2-core laptop, while the 13×10×10 bottleneck with 64 channels still sees 
 weights, so a wider model for a GPU is one flag away.
 """
 
-from typing import Dict, Sequence, Tuple
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +20,7 @@ from torch import nn
 
 from .vertebrae import NUM_VERTEBRAE
 
-BLOCK_SHAPE: Tuple[int, int, int] = (104, 80, 80)
+BLOCK_SHAPE: tuple[int, int, int] = (104, 80, 80)
 GROUPS: int = 4
 
 
@@ -127,7 +127,7 @@ class VertebraeNet(nn.Module):
         self.head = nn.Sequential(ConvGNReLU(w0, w0), nn.Conv3d(w0, num_outputs, 1))
         self.classifier = ClassificationBranch(w3, num_outputs=num_outputs)
 
-    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Return ``logits`` (B, 26), ``coords`` (B, 26, 3) in block voxels (d, h, w), ``heatmaps``."""
         f0 = self.enc0(self.stem(x))
         f1 = self.enc1(F.max_pool3d(f0, 2))

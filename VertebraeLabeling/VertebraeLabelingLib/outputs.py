@@ -9,7 +9,7 @@ import io
 import json
 import os
 import tempfile
-from typing import Any, Dict, List, Optional
+from typing import Any, Optional
 
 import numpy as np
 import SimpleITK as sitk
@@ -37,14 +37,14 @@ def write_text_atomic(path: str, text: str) -> None:
             os.remove(tmp)
 
 
-def markups_dict(result: Any, node_name: str = "Vertebrae", coordinate_system: str = "LPS") -> Dict[str, Any]:
+def markups_dict(result: Any, node_name: str = "Vertebrae", coordinate_system: str = "LPS") -> dict[str, Any]:
     """A Slicer markups document with one Fiducial node, one control point per vertebra.
 
     Label = vertebra name, description = its confidence, points unlocked so the user can fix them.
     """
     if coordinate_system not in ("LPS", "RAS"):
         raise ValueError("coordinate_system must be 'LPS' or 'RAS'")
-    points: List[Dict[str, Any]] = []
+    points: list[dict[str, Any]] = []
     for n, vert in enumerate(result.vertebrae):
         pos = np.asarray(vert.position_lps, dtype=float)
         if coordinate_system == "RAS":
@@ -105,14 +105,14 @@ def _pir_axes(image: sitk.Image):
     return out
 
 
-def lps_to_verse(position_lps: np.ndarray, image: sitk.Image) -> List[float]:
+def lps_to_verse(position_lps: np.ndarray, image: sitk.Image) -> list[float]:
     """LPS mm → VerSe 2020 ``_ctd.json`` coordinates: voxel units of ``image`` reoriented to PIR."""
     idx = np.asarray(image.TransformPhysicalPointToContinuousIndex(tuple(float(v) for v in position_lps)))
     size = np.asarray(image.GetSize(), dtype=float)
     return [float(idx[a] if s > 0 else size[a] - 1 - idx[a]) for a, s in _pir_axes(image)]
 
 
-def verse_to_lps(xyz: List[float], image: sitk.Image) -> np.ndarray:
+def verse_to_lps(xyz: list[float], image: sitk.Image) -> np.ndarray:
     """Inverse of :func:`lps_to_verse`."""
     size = np.asarray(image.GetSize(), dtype=float)
     idx = np.zeros(3)
@@ -121,9 +121,9 @@ def verse_to_lps(xyz: List[float], image: sitk.Image) -> np.ndarray:
     return np.asarray(image.TransformContinuousIndexToPhysicalPoint(tuple(float(v) for v in idx)))
 
 
-def verse_list(result: Any, reference_image: sitk.Image) -> List[Dict[str, Any]]:
+def verse_list(result: Any, reference_image: sitk.Image) -> list[dict[str, Any]]:
     """VerSe 2020 centroid list: ``[{"direction": ["P","I","R"]}, {"label": id, "X":..,"Y":..,"Z":..}, ...]``."""
-    out: List[Dict[str, Any]] = [{"direction": ["P", "I", "R"]}]
+    out: list[dict[str, Any]] = [{"direction": ["P", "I", "R"]}]
     for vert in result.vertebrae:
         if vert.name not in VERSE_ID:  # S2 has no VerSe id
             continue

@@ -7,7 +7,6 @@ oblique) is resampled onto it, so the network always sees the spine the same way
 """
 
 from dataclasses import dataclass
-from typing import Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -17,7 +16,7 @@ from .errors import InputImageError
 WORKING_SPACING_MM: float = 2.0
 AIR_HU: float = -1000.0
 #: Canonical direction: i → +x (left), j → +y (posterior), k → -z (inferior).
-CANONICAL_DIRECTION: Tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, -1.0)
+CANONICAL_DIRECTION: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, -1.0)
 _AXIS_SIGN = np.array([1.0, 1.0, -1.0])  # canonical index axis (i, j, k) → LPS axis sign
 
 
@@ -36,7 +35,7 @@ class CanonicalVolume:
     spacing: float = WORKING_SPACING_MM
 
     @property
-    def shape(self) -> Tuple[int, int, int]:
+    def shape(self) -> tuple[int, int, int]:
         return tuple(self.hu.shape)  # type: ignore[return-value]
 
     def index_to_lps(self, kji: np.ndarray) -> np.ndarray:
@@ -65,7 +64,7 @@ def zscore(hu: np.ndarray) -> np.ndarray:
     return ((clamped - mean) / std).astype(np.float32, copy=False)
 
 
-def canonical_grid(image: sitk.Image, spacing: float = WORKING_SPACING_MM) -> Tuple[np.ndarray, Tuple[int, int, int]]:
+def canonical_grid(image: sitk.Image, spacing: float = WORKING_SPACING_MM) -> tuple[np.ndarray, tuple[int, int, int]]:
     """Origin (LPS mm) and size (i, j, k) of the canonical grid covering ``image``'s physical extent."""
     size = np.asarray(image.GetSize())
     corners = []
@@ -128,7 +127,7 @@ def to_canonical(
     return CanonicalVolume(hu=hu, origin_lps=np.asarray(origin, dtype=float), spacing=spacing)
 
 
-def _input_box(image: sitk.Image, origin: np.ndarray, size: Tuple[int, int, int], spacing: float):
+def _input_box(image: sitk.Image, origin: np.ndarray, size: tuple[int, int, int], spacing: float):
     """Input index bounding box (lo, hi), inclusive, of a canonical-grid box."""
     pts = []
     for ci in (0, size[0] - 1):
