@@ -1,0 +1,118 @@
+"""Tests of the synthetic spine CT generator (training.synthetic)."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from VertebraeLabeling.VertebraeLabelingLib.vertebrae import NAME_TO_INDEX, VERTEBRA_NAMES  # noqa: E402
+from training.synthetic import SyntheticCase, generate_case  # noqa: E402
+
+# a spread of scan types; small spacing keeps the tests fast
+SEEDS = [0, 1, 2, 3, 4, 7]
+
+
+@pytest.fixture(scope="module")
+def cases():
+    return {s: generate_case(s, spacing=(2.0, 2.0, 2.5)) for s in SEEDS}
+
+
+def test_determinism():
+    a = generate_case(11, spacing=(2.0, 2.0, 3.0))
+    b = generate_case(11, spacing=(2.0, 2.0, 3.0))
+    assert isinstance(a, SyntheticCase)
+    assert np.array_equal(sitk.GetArrayViewFromImage(a.image), sitk.GetArrayViewFromImage(b.image))
+    assert a.centroids.keys() == b.centroids.keys()
+    for n in a.centroids:
+        assert np.array_equal(a.centroids[n], b.centroids[n])
+    c = generate_case(12, spacing=(2.0, 2.0, 3.0))
+    assert sitk.GetArrayViewFromImage(a.image).shape != sitk.GetArrayViewFromImage(c.image).shape or \
+        not np.array_equal(sitk.GetArrayViewFromImage(a.image), sitk.GetArrayViewFromImage(c.image))
+
+
+def _value_at(img: sitk.Image, p) -> float:
+    idx = img.TransformPhysicalPointToIndex(tuple(float(v) for v in p))
+    return float(img[idx])
+
+
+def test_image_and_labels_share_grid(cases):
+    for case in cases.values():
+        assert case.labels is not None
+        assert case.image.GetSize() == case.labels.GetSize()
+        assert np.allclose(case.image.GetDirection(), case.labels.GetDirection())
+        assert np.allclose(case.image.GetOrigin(), case.labels.GetOrigin())
+        assert case.image.GetPixelID() in (sitk.sitkInt16, sitk.sitkFloat32)
+
+
+def test_centroids_lie_in_bone(cases):
+    for s, case in cases.items():
+        # the label map must hold the vertebra at its centroid (C1: the dens of C2 sits there)
+        for name, p in case.centroids.items():
+            lab = int(_value_at(case.labels, p))
+            if name == "C1":
+                assert lab in (NAME_TO_INDEX["C1"] + 1, NAME_TO_INDEX["C2"] + 1, 0)
+            else:
+                assert lab == NAME_TO_INDEX[name] + 1, (s, name, lab)
+        if case.meta["appearance"] == "random":
+            continue  # intensities are arbitrary by design
+        arr = sitk.GetArrayViewFromImage(case.image)
+        labs = sitk.GetArrayViewFromImage(case.labels)
+        for name in case.centroids:
+            if name == "C1":
+                continue
+            body = labs == NAME_TO_INDEX[name] + 1
+            # the body's median HU (in-plane blur included) is bone-like
+            assert np.median(arr[body]) > 150, (s, name, np.median(arr[body]))
+
+
+def test_reported_vertebrae_are_those_in_fov(cases):
+    for s, case in cases.items():
+        img = case.image
+        size = np.array(img.GetSize())
+        present = set(np.unique(sitk.GetArrayViewFromImage(case.labels)).tolist()) - {0}
+        for name, p in case.meta["all_centroids"].items():
+            cidx = np.array(img.TransformPhysicalPointToContinuousIndex(tuple(p)))
+            inside = bool(np.all(cidx >= -0.5) and np.all(cidx <= size - 0.5))
+            if name in NAME_TO_INDEX:
+                assert (name in case.centroids) == inside, (s, name, cidx, size)
+                if inside:
+                    assert NAME_TO_INDEX[name] + 1 in present
+        assert len(case.centroids) >= 2
+        assert all(v.shape == (3,) for v in case.centroids.values())
+
+
+def test_centroids_ordered_and_spaced(cases):
+    for s, case in cases.items():
+        names = [n for n in VERTEBRA_NAMES if n in case.centroids]
+        idx = [NAME_TO_INDEX[n] for n in names]
+        assert idx == list(range(idx[0], idx[0] + len(idx))), (s, names)  # contiguous run
+        for a, b in zip(names[:-1], names[1:]):
+            pa, pb = case.centroids[a], case.centroids[b]
+            if case.meta.get("transitional") and {a, b} in ({"T12", "L1"}, {"L5", "S1"}):
+                continue  # the extra vertebra sits between them
+            assert pa[2] > pb[2] - 5, (s, a, b)  # cranial above caudal (LPS z is superior)
+            assert 10 <= np.linalg.norm(pa - pb) <= 45, (s, a, b, np.linalg.norm(pa - pb))
+
+
+def test_transitional_and_orientation_variants():
+    # find a transitional case and a non-LPS case among a few seeds, cheaply
+    found_t, found_o = None, None
+    for s in range(400):
+        case = generate_case(s, spacing=(3.0, 3.0, 5.0), transitional_prob=0.5, reorient_prob=1.0,
+                             full_spine_prob=1.0, with_labels=True)
+        if case.meta["transitional"]:
+            found_t = case
+            break
+    assert found_t is not None
+    extra = found_t.meta["transitional"]
+    assert extra not in found_t.centroids
+    assert extra in found_t.meta["extra_centroids"]
+    assert found_t.meta["orientation"] != "LPS"
+    # centroids still index the right vertebra after re-gridding
+    for name, p in found_t.centroids.items():
+        if name != "C1":
+            assert int(_value_at(found_t.labels, p)) == NAME_TO_INDEX[name] + 1

@@ -1,0 +1,108 @@
+"""Contact sheet: sagittal and coronal mid-slices of generated cases next to the real CT.
+
+    python -m training.contact_sheet --n 8 --out training/docs/contact_sheet.png
+"""
+
+import argparse
+import json
+from pathlib import Path
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+import SimpleITK as sitk
+
+REAL_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ts_example_ct"
+WINDOW = (-200.0, 1000.0)
+
+
+def _lps_array(img: sitk.Image) -> Tuple[np.ndarray, sitk.Image]:
+    """Array (z, y, x) of the image re-gridded to LPS axes (no resampling)."""
+    img = sitk.DICOMOrient(img, "LPS")
+    return sitk.GetArrayFromImage(img), img
+
+
+def _views(img: sitk.Image, centroids: Dict[str, np.ndarray]):
+    """Sagittal (z, y) and coronal (z, x) slices through the spine and the centroids in pixel units."""
+    arr, img = _lps_array(img)
+    sp = np.array(img.GetSpacing())
+    org = np.array(img.GetOrigin())
+    if centroids:
+        c = np.median(np.array(list(centroids.values())), axis=0)
+    else:
+        c = org + sp * (np.array(img.GetSize()) - 1) / 2
+    idx = np.round((c - org) / sp).astype(int)
+    idx = np.clip(idx, 0, np.array(img.GetSize()) - 1)
+    sag = arr[:, :, idx[0]]
+    cor = arr[:, idx[1], :]
+    pts = {n: (np.asarray(p) - org) / sp for n, p in centroids.items()}
+    return sag, cor, sp, pts
+
+
+def _show(ax, sl, aspect, pts, which, title):
+    ax.imshow(sl, cmap="gray", vmin=WINDOW[0], vmax=WINDOW[1], origin="lower", aspect=aspect,
+              interpolation="bilinear")
+    for name, p in pts.items():
+        u = p[1] if which == "sag" else p[0]
+        ax.plot(u, p[2], "o", ms=2.5, color="red")
+        ax.text(u + 3, p[2], name, color="yellow", fontsize=5)
+    ax.set_title(title, fontsize=7)
+    ax.axis("off")
+
+
+def real_case() -> Optional[Tuple[sitk.Image, Dict[str, np.ndarray]]]:
+    """The shared real CT with its TotalSegmentator centroids in LPS (None when absent)."""
+    ct = REAL_DIR / "ct.nii.gz"
+    if not ct.exists():
+        return None
+    info = json.loads((REAL_DIR / "centroids_from_forcesplit.json").read_text())
+    cents = {}
+    for v in info["vertebrae"]:
+        x, y, z = v["centroid_world_mm"]
+        cents[v["name"]] = np.array([-x, -y, z])  # RAS -> LPS
+    return sitk.ReadImage(str(ct)), cents
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=8, help="number of generated cases")
+    ap.add_argument("--seed", type=int, default=0, help="first seed")
+    ap.add_argument("--out", default="training/docs/contact_sheet.png")
+    ap.add_argument("--dpi", type=int, default=90)
+    args = ap.parse_args(argv)
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from training.synthetic import generate_case
+
+    panels = []
+    real = real_case()
+    if real is not None:
+        panels.append(("real ts_example_ct (L1-sacrum)", real[0], real[1]))
+    for s in range(args.seed, args.seed + args.n):
+        case = generate_case(s)
+        names = list(case.centroids)
+        rng = f"{names[0]}-{names[-1]}" if names else "none"
+        extra = f" {case.meta['transitional']}" if case.meta.get("transitional") else ""
+        panels.append((f"seed {s}: {rng}{extra} {case.meta['appearance']}", case.image, case.centroids))
+
+    cols = 6
+    rows = int(np.ceil(len(panels) * 2 / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.6, rows * 3.6))
+    axes = np.atleast_2d(axes).ravel()
+    for i, (title, img, cents) in enumerate(panels):
+        sag, cor, sp, pts = _views(img, cents)
+        _show(axes[2 * i], sag, sp[2] / sp[1], pts, "sag", title + " sag")
+        _show(axes[2 * i + 1], cor, sp[2] / sp[0], pts, "cor", "coronal")
+    for ax in axes[2 * len(panels):]:
+        ax.axis("off")
+    fig.tight_layout()
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=args.dpi)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB)")
+
+
+if __name__ == "__main__":
+    main()
