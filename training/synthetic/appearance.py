@@ -67,8 +67,9 @@ def render(cv: Canvas, rng: np.random.Generator, mode: str, bone_hu: Dict[int, f
 
     # white noise before the blur comes out as correlated CT noise after it
     sp = cv.spacing
-    sig_vox = np.maximum(np.asarray(psf_mm) / sp, 0.5)
-    gain = float(np.sqrt(np.prod(2.0 * np.sqrt(np.pi) * sig_vox)))
+    sig_vox = np.asarray(psf_mm) / sp
+    # std of white noise after the blur = std * prod(||kernel||_2): undo it so noise_sd is post-blur
+    gain = 1.0 / float(np.prod([np.sqrt(np.sum(_kernel(sg) ** 2)) for sg in sig_vox]))
     amp = tex + np.float32(noise_sd * gain)
     w = rng.standard_normal(hu.shape, dtype=np.float32)
     w *= amp[t]
@@ -82,6 +83,16 @@ def render(cv: Canvas, rng: np.random.Generator, mode: str, bone_hu: Dict[int, f
     return gaussian_blur(hu, np.asarray(psf_mm) / sp)
 
 
+def _kernel(sig: float) -> np.ndarray:
+    """Normalised Gaussian kernel (sigma in voxels); a delta below 0.2 voxel."""
+    if sig < 0.2:
+        return np.ones(1, np.float32)
+    r = max(1, int(np.ceil(2.0 * sig)))
+    x = np.arange(-r, r + 1)
+    k = np.exp(-0.5 * (x / sig) ** 2)
+    return (k / k.sum()).astype(np.float32)
+
+
 def gaussian_blur(a: np.ndarray, sigma_vox) -> np.ndarray:
     """Separable Gaussian blur (x, y, z sigmas in voxels) with short kernels, in float32.
 
@@ -92,10 +103,8 @@ def gaussian_blur(a: np.ndarray, sigma_vox) -> np.ndarray:
     for axis, sig in zip((2, 1, 0), sigma_vox):
         if sig < 0.2:
             continue
-        r = max(1, int(np.ceil(2.0 * sig)))
-        x = np.arange(-r, r + 1)
-        kern = np.exp(-0.5 * (x / sig) ** 2)
-        kern = (kern / kern.sum()).astype(np.float32)
+        kern = _kernel(sig)
+        r = len(kern) // 2
         n = out.shape[axis]
         res = out * kern[r]
         for j in range(1, r + 1):

@@ -11,7 +11,7 @@ import numpy as np
 
 from . import tissues as T
 from .anatomy import Spine
-from .canvas import Canvas, Frame, sd_capsule, sd_ellipsoid
+from .canvas import Canvas, Frame, sd_capsule, sd_ellipsoid, smooth_noise
 
 # level: (skin half-width, back depth, front depth, cavity: 0 none / 1 thorax / 2 abdomen / 3 pelvis)
 _PROFILE = {
@@ -141,6 +141,8 @@ def paint_body(cv: Canvas, spine: Spine, rng: np.random.Generator, roll_deg: flo
     del lung, medi, e2, thorax, Lc, Ac, spine_box
 
     _paint_organs(cv, spine, rng, size_w, meta)
+    _fill_bowel(cv, abdomen, rng, meta)
+    del abdomen
     _paint_neck(cv, spine, rng)
     _paint_muscles(cv, spine, rng)
     _paint_table(cv, P, rng, meta)
@@ -190,31 +192,46 @@ def _paint_organs(cv: Canvas, spine: Spine, rng: np.random.Generator, size: floa
                             T.BLOOD, only_on=(T.FAT,))
     if has("T8"):
         ell("T8", (25 * size, 90, -10), (60 * size, 50, 55), T.BLOOD, (T.FAT,))
-    # bowel loops fill the abdominal cavity between the kidneys and the pelvis
-    if has("L2") or has("S1"):
-        top = "L1" if has("L1") else "L2"
-        ztop = spine.by_name(top).frame.origin[2]
-        zbot = spine.by_name("S3").frame.origin[2] - 20
-        xs = spine.by_name("L4").frame.origin
-        n = rng.integers(25, 60)
-        for _ in range(n):
-            zc = rng.uniform(zbot, ztop)
-            cen = np.array([xs[0] + rng.normal(0, 70) * size, xs[1] - rng.uniform(50, 160), zc])
-            fr = Frame.identity(cen)
-            rr = np.array([rng.uniform(10, 30), rng.uniform(10, 25), rng.uniform(10, 30)])
-            kind = rng.choice([T.BOWEL, T.GAS, T.FLUID, T.SOFT], p=[0.45, 0.2, 0.15, 0.2])
-            cv.paint_tissue(fr, -rr - 2, rr + 2,
-                            lambda L, A, U, rr=rr: sd_ellipsoid(L, A, U, (0, 0, 0), rr),
-                            T.SOFT, only_on=(T.FAT,))
-            inner = rr - 2.5
-            cv.paint_tissue(fr, -inner - 2, inner + 2,
-                            lambda L, A, U, rr=inner: sd_ellipsoid(L, A, U, (0, 0, 0), rr),
-                            int(kind), only_on=(T.SOFT,))
     if has("S4"):
         lv = spine.by_name("S4")
         ell("S4", (0, 85, -10), (rng.uniform(25, 55), rng.uniform(20, 40), rng.uniform(20, 40)),
             T.FLUID, (T.FAT, T.SOFT, T.BOWEL, T.GAS))
         ell("S3", (0, 22, 0), (14, 12, 30), T.BOWEL, (T.FAT,))
+
+
+def _fill_bowel(cv: Canvas, abdomen: np.ndarray, rng: np.random.Generator, meta: Dict) -> None:
+    """Fill the still-fatty abdominal cavity with bowel loops from thresholded smooth noise.
+
+    One field splits loops from mesenteric fat (loop walls where it crosses the threshold), a
+    second one picks the content: gas (more of it anteriorly, where it rises in a supine patient),
+    fluid, mottled faeces or collapsed loops.
+    """
+    idx = np.nonzero(abdomen.any(axis=(1, 2)))[0]
+    if len(idx) == 0:
+        return
+    ys = np.nonzero(abdomen.any(axis=(0, 2)))[0]
+    xs = np.nonzero(abdomen.any(axis=(0, 1)))[0]
+    sl = (slice(idx[0], idx[-1] + 1), slice(ys[0], ys[-1] + 1), slice(xs[0], xs[-1] + 1))
+    m = abdomen[sl] & (cv.tissue[sl] == T.FAT)
+    fat_frac = float(rng.uniform(0.1, 0.55))
+    cell = float(rng.uniform(14, 26))
+    a = smooth_noise(cv, sl, cell, rng)
+    thr = np.float32(np.quantile(a[m], fat_frac)) if m.any() else np.float32(0)
+    loops = m & (a > thr)
+    wall = loops & (a < thr + np.float32(rng.uniform(0.08, 0.18)))
+    b = smooth_noise(cv, sl, cell * rng.uniform(0.6, 1.2), rng)
+    ny = sl[1].stop - sl[1].start
+    ant = np.linspace(1.0, -1.0, ny, dtype=np.float32)[None, :, None]  # +1 anterior (low y)
+    b += ant * np.float32(rng.uniform(0.0, 0.8))
+    sub = cv.tissue[sl]
+    content = np.full(b.shape, T.BOWEL, np.uint8)
+    g_thr, f_thr, s_thr = rng.uniform(0.6, 1.4), rng.uniform(-1.4, -0.7), rng.uniform(-0.5, 0.3)
+    content[b < s_thr] = T.SOFT
+    content[b < f_thr] = T.FLUID
+    content[b > g_thr] = T.GAS
+    sub[loops] = content[loops]
+    sub[wall] = T.SOFT
+    meta["visceral_fat"] = fat_frac
 
 
 def _paint_neck(cv: Canvas, spine: Spine, rng: np.random.Generator) -> None:

@@ -249,6 +249,29 @@ class Canvas:
                 self.paint_bone_sdf(sl, d, cortical_mm, bone_id, label, dense)
 
 
+def smooth_noise(cv: "Canvas", sl: Tuple[slice, slice, slice], cell_mm: float,
+                 rng: np.random.Generator) -> np.ndarray:
+    """Smooth random field (unit-variance nodes, trilinear in between) on the voxels of ``sl``.
+
+    Thresholding it gives blob-like regions (bowel loops, fat lobules) at the scale ``cell_mm``.
+    """
+    import SimpleITK as sitk
+
+    n = [s.stop - s.start for s in sl]  # z, y, x
+    ext = np.array([n[2], n[1], n[0]]) * cv.spacing
+    nc = np.maximum(np.ceil(ext / cell_mm).astype(int) + 2, 2)
+    coarse = rng.standard_normal((nc[2], nc[1], nc[0])).astype(np.float32)
+    src = sitk.GetImageFromArray(coarse)
+    src.SetSpacing(tuple(float(cell_mm) for _ in range(3)))
+    org = cv.origin + cv.spacing * np.array([sl[2].start, sl[1].start, sl[0].start])
+    src.SetOrigin(tuple(float(o - cell_mm) for o in org))
+    ref = sitk.Image(int(n[2]), int(n[1]), int(n[0]), sitk.sitkUInt8)
+    ref.SetSpacing(tuple(float(v) for v in cv.spacing))
+    ref.SetOrigin(tuple(float(o) for o in org))
+    out = sitk.Resample(src, ref, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    return sitk.GetArrayFromImage(out)
+
+
 # ---------------------------------------------------------------------- SDF primitives
 def sd_ellipsoid(L, A, U, c, r):
     """Approximate SDF of an axis-aligned (local) ellipsoid, centre ``c``, radii ``r``."""

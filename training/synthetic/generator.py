@@ -101,11 +101,11 @@ def generate_case(seed: int, *, full_spine_prob: float = 0.1, spacing: Optional[
     paint_soft_parts(cv, spine)
 
     # bone densities: one patient-level value, vertebrae vary a little, compressed ones are denser
-    base = float(np.clip(rng.normal(210, 60), 80, 380))
-    cortical_hu = float(np.clip(rng.normal(1100, 250), 500, 1800))
+    base = float(np.clip(rng.normal(165, 55), 60, 350))
+    cortical_hu = float(np.clip(rng.normal(800, 180), 400, 1400))
     bone_hu = {BONE_RIB: base * 1.1, BONE_PELVIS: base * 0.9, BONE_SACRUM_LOW: base * 0.95,
                BONE_OTHER: base, BONE_SKULL: base * 1.5}
-    cortical_mm = rng.uniform(0.8, 1.6)
+    cortical_mm = rng.uniform(0.5, 1.1)
     for lv in spine.levels:
         bid = lv.label if lv.label else BONE_SACRUM_LOW
         bone_hu[bid] = base * rng.uniform(0.92, 1.08) * (1.4 if lv.compression < 1 else 1.0)
@@ -120,7 +120,7 @@ def generate_case(seed: int, *, full_spine_prob: float = 0.1, spacing: Optional[
     r = rng.random()
     mode = "random" if r < random_appearance_prob else (
         "contrast" if r < random_appearance_prob + contrast_prob * (1 - random_appearance_prob) else "ct")
-    noise_sd = float(rng.uniform(4, 30))
+    noise_sd = float(rng.uniform(3, 25))
     psf = (rng.uniform(0.35, 0.9), rng.uniform(0.35, 0.9), 0.0)
     psf = (psf[0], psf[0], cv.spacing[2] * rng.uniform(0.3, 0.5))
     hu = render(cv, rng, mode, bone_hu, cortical_hu, noise_sd, psf)

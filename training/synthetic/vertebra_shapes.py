@@ -157,7 +157,7 @@ def paint_vertebra(cv: Canvas, lv: Level, density_id: int, cortical_mm: float) -
     if lv.kind in ("sacral", "sacral_low"):
         _paint_sacral_segment(cv, lv, bone_id, cortical_mm)
         return
-    cv.paint_bone_parts(fr, _arch_parts(lv), cortical_mm, bone_id, label, dense=0.5)
+    cv.paint_bone_parts(fr, _arch_parts(lv), cortical_mm, bone_id, label, dense=0.3)
 
 
 def _paint_c1(cv: Canvas, lv: Level, bone_id: int, cortical_mm: float) -> None:
@@ -179,7 +179,7 @@ def _paint_c1(cv: Canvas, lv: Level, bone_id: int, cortical_mm: float) -> None:
 def _paint_sacral_segment(cv: Canvas, lv: Level, bone_id: int, cortical_mm: float) -> None:
     """Sacral alae (lateral masses reaching the sacroiliac joints) and the low sacral arch."""
     big = lv.name == "S1"
-    ala_r = (lv.W * 0.42, lv.D * 0.5, lv.H * 0.55 + 1.5)
+    ala_r = (lv.W * 0.5, lv.D * 0.45, lv.H * 0.7 + 2.0)  # wide, tall: S1-S2 alae form one plate
     ala_c = lv.W / 2 + ala_r[0] * 0.55
     ac = _arch_centre(lv)
 
