@@ -6,7 +6,7 @@
 import argparse
 import json
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Optional
 
 import numpy as np
 import SimpleITK as sitk
@@ -15,13 +15,13 @@ REAL_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ts_
 WINDOW = (-200.0, 1000.0)
 
 
-def _lps_array(img: sitk.Image) -> Tuple[np.ndarray, sitk.Image]:
+def _lps_array(img: sitk.Image) -> tuple[np.ndarray, sitk.Image]:
     """Array (z, y, x) of the image re-gridded to LPS axes (no resampling)."""
     img = sitk.DICOMOrient(img, "LPS")
     return sitk.GetArrayFromImage(img), img
 
 
-def _views(img: sitk.Image, centroids: Dict[str, np.ndarray]):
+def _views(img: sitk.Image, centroids: dict[str, np.ndarray]):
     """Sagittal (z, y) and coronal (z, x) slices through the spine and the centroids in pixel units."""
     arr, img = _lps_array(img)
     sp = np.array(img.GetSpacing())
@@ -49,7 +49,7 @@ def _show(ax, sl, aspect, pts, which, title):
     ax.axis("off")
 
 
-def real_case() -> Optional[Tuple[sitk.Image, Dict[str, np.ndarray]]]:
+def real_case() -> Optional[tuple[sitk.Image, dict[str, np.ndarray]]]:
     """The shared real CT with its TotalSegmentator centroids in LPS (None when absent)."""
     ct = REAL_DIR / "ct.nii.gz"
     if not ct.exists():

@@ -9,8 +9,8 @@ import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from VertebraeLabeling.VertebraeLabelingLib.vertebrae import NAME_TO_INDEX, VERTEBRA_NAMES  # noqa: E402
 from training.synthetic import SyntheticCase, generate_case  # noqa: E402
+from VertebraeLabeling.VertebraeLabelingLib.vertebrae import NAME_TO_INDEX, VERTEBRA_NAMES  # noqa: E402
 
 # a spread of scan types; small spacing keeps the tests fast
 SEEDS = [0, 1, 2, 3, 4, 7]
@@ -100,7 +100,7 @@ def test_centroids_ordered_and_spaced(cases):
 
 def test_transitional_and_orientation_variants():
     # find a transitional case and a non-LPS case among a few seeds, cheaply
-    found_t, found_o = None, None
+    found_t, _found_o = None, None
     for s in range(400):
         case = generate_case(s, spacing=(3.0, 3.0, 5.0), transitional_prob=0.5, reorient_prob=1.0,
                              full_spine_prob=1.0, with_labels=True)

@@ -6,8 +6,8 @@ lumbar bodies; disc heights from radiographic series: about 4-5 mm cervical, 4-7
 8-12 mm lumbar). They are scaled per case by a patient-size factor and jittered per level.
 """
 
-from dataclasses import dataclass, field, replace
-from typing import Dict, List, Optional
+from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 
@@ -86,9 +86,9 @@ class Level:
 class Spine:
     """All vertebrae of a case, top to bottom, with their frames."""
 
-    levels: List[Level]
+    levels: list[Level]
     transitional: Optional[str]
-    meta: Dict = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)
 
     def by_name(self, name: str) -> Level:
         for lv in self.levels:
@@ -100,7 +100,7 @@ class Spine:
         return any(lv.name == name for lv in self.levels)
 
 
-def level_names(transitional: Optional[str]) -> List[str]:
+def level_names(transitional: Optional[str]) -> list[str]:
     """Vertebra names top to bottom, including the unlabelled lower sacrum."""
     from VertebraeLabeling.VertebraeLabelingLib.vertebrae import VERTEBRA_NAMES
 
@@ -122,7 +122,7 @@ def build_spine(rng: np.random.Generator, size: float, transitional: Optional[st
     from VertebraeLabeling.VertebraeLabelingLib.vertebrae import NAME_TO_INDEX
 
     names = level_names(transitional)
-    levels: List[Level] = []
+    levels: list[Level] = []
     # a slowly varying per-level scale keeps neighbours alike while the spine as a whole varies
     drift = np.cumsum(rng.normal(0, 0.012, len(names)))
     drift -= drift.mean()

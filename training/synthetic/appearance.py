@@ -13,7 +13,6 @@ profile) with the noise added before the blur so that it comes out spatially cor
 in reconstructed CT.
 """
 
-from typing import Dict, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -22,7 +21,7 @@ from . import tissues as T
 from .canvas import Canvas
 
 
-def tissue_table(rng: np.random.Generator, mode: str) -> Tuple[np.ndarray, np.ndarray]:
+def tissue_table(rng: np.random.Generator, mode: str) -> tuple[np.ndarray, np.ndarray]:
     """Per-tissue mean HU and fine-texture std for this case."""
     mean = np.zeros(T.NUM_TISSUES, np.float32)
     tex = np.zeros(T.NUM_TISSUES, np.float32)
@@ -47,8 +46,8 @@ def tissue_table(rng: np.random.Generator, mode: str) -> Tuple[np.ndarray, np.nd
     return mean, tex
 
 
-def render(cv: Canvas, rng: np.random.Generator, mode: str, bone_hu: Dict[int, float],
-           cortical_hu: float, noise_sd: float, psf_mm: Tuple[float, float, float]) -> np.ndarray:
+def render(cv: Canvas, rng: np.random.Generator, mode: str, bone_hu: dict[int, float],
+           cortical_hu: float, noise_sd: float, psf_mm: tuple[float, float, float]) -> np.ndarray:
     """Render the canvas into a float32 HU volume (array order z, y, x)."""
     mean, tex = tissue_table(rng, mode)
     # cancellous HU per bone id (each vertebra slightly different, neighbours alike)

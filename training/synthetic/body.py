@@ -5,13 +5,12 @@ spine's curve. Profiles (half-width, depth behind and in front of the vertebral 
 at named vertebra levels and interpolated in z.
 """
 
-from typing import Dict, List, Optional
 
 import numpy as np
 
 from . import tissues as T
 from .anatomy import Spine
-from .canvas import Canvas, Frame, sd_capsule, sd_ellipsoid, smooth_noise
+from .canvas import Canvas, sd_ellipsoid, smooth_noise
 
 # level: (skin half-width, back depth, front depth, cavity: 0 none / 1 thorax / 2 abdomen / 3 pelvis)
 _PROFILE = {
@@ -53,7 +52,7 @@ def _profile_arrays(spine: Spine, zs: np.ndarray, size_w: float, size_ap: float,
     return out
 
 
-def paint_body(cv: Canvas, spine: Spine, rng: np.random.Generator, roll_deg: float) -> Dict:
+def paint_body(cv: Canvas, spine: Spine, rng: np.random.Generator, roll_deg: float) -> dict:
     """Paint skin outline, subcutaneous fat, muscle wall, thoracic and abdominal content."""
     size_w = rng.uniform(0.82, 1.18)
     size_ap = size_w * rng.uniform(0.85, 1.2)
@@ -64,7 +63,8 @@ def paint_body(cv: Canvas, spine: Spine, rng: np.random.Generator, roll_deg: flo
     c, s = np.float32(np.cos(r)), np.float32(np.sin(r))
     X = cv.xs[None, None, :]
     Y = cv.ys[None, :, None]
-    col = lambda v: v.astype(np.float32)[:, None, None]
+    def col(v):
+        return v.astype(np.float32)[:, None, None]
     dx = X - col(P["xs"])
     dy = Y - col(P["ys"])
     Lc = dx * c + dy * s  # lateral (left +) relative to the spine
@@ -103,7 +103,7 @@ def paint_body(cv: Canvas, spine: Spine, rng: np.random.Generator, roll_deg: flo
 
     # diaphragm surface: lungs above, abdomen below
     lv10 = spine.by_name("T10").frame.origin[2] if spine.has("T10") else None
-    meta: Dict = dict(size_w=float(size_w), size_ap=float(size_ap), fat_mm=float(fat))
+    meta: dict = dict(size_w=float(size_w), size_ap=float(size_ap), fat_mm=float(fat))
     if lv10 is not None:
         dome_r = lv10 + rng.uniform(20, 45)
         dome_l = dome_r - rng.uniform(5, 25)
@@ -138,7 +138,8 @@ def paint_body(cv: Canvas, spine: Spine, rng: np.random.Generator, roll_deg: flo
     tissue[lung] = T.LUNG
     meta["lung_voxels"] = int(lung.sum())
     abdomen = e2 & ~thorax
-    del lung, medi, e2, thorax, Lc, Ac, spine_box
+    del lung, medi, e2, thorax, spine_box
+    Lc = Ac = None  # noqa: F841  (frees two volume-sized arrays before the organs)
 
     _paint_organs(cv, spine, rng, size_w, meta)
     _fill_bowel(cv, abdomen, rng, meta)
@@ -149,7 +150,7 @@ def paint_body(cv: Canvas, spine: Spine, rng: np.random.Generator, roll_deg: flo
     return meta
 
 
-def _paint_organs(cv: Canvas, spine: Spine, rng: np.random.Generator, size: float, meta: Dict) -> None:
+def _paint_organs(cv: Canvas, spine: Spine, rng: np.random.Generator, size: float, meta: dict) -> None:
     """Liver, spleen, kidneys, great vessels, heart, stomach, bowel loops, bladder."""
     has = spine.has
 
@@ -199,7 +200,7 @@ def _paint_organs(cv: Canvas, spine: Spine, rng: np.random.Generator, size: floa
         ell("S3", (0, 22, 0), (14, 12, 30), T.BOWEL, (T.FAT,))
 
 
-def _fill_bowel(cv: Canvas, abdomen: np.ndarray, rng: np.random.Generator, meta: Dict) -> None:
+def _fill_bowel(cv: Canvas, abdomen: np.ndarray, rng: np.random.Generator, meta: dict) -> None:
     """Fill the still-fatty abdominal cavity with bowel loops from thresholded smooth noise.
 
     One field splits loops from mesenteric fat (loop walls where it crosses the threshold), a
@@ -236,7 +237,7 @@ def _fill_bowel(cv: Canvas, abdomen: np.ndarray, rng: np.random.Generator, meta:
 
 def _paint_neck(cv: Canvas, spine: Spine, rng: np.random.Generator) -> None:
     """Trachea, oesophagus and neck vessels in front of the cervical spine."""
-    pts, vpts = [], []
+    pts, _vpts = [], []
     for n in ("C4", "C5", "C6", "C7", "T1", "T2", "T3", "T4"):
         lv = spine.by_name(n)
         pts.append(lv.frame.to_world((0, lv.D / 2 + 20, 0)))
@@ -264,7 +265,7 @@ def _paint_muscles(cv: Canvas, spine: Spine, rng: np.random.Generator) -> None:
                             T.MUSCLE, only_on=(T.FAT, T.SOFT, T.BOWEL, T.GAS, T.KIDNEY, T.FLUID))
 
 
-def _paint_table(cv: Canvas, P: Dict, rng: np.random.Generator, meta: Dict) -> None:
+def _paint_table(cv: Canvas, P: dict, rng: np.random.Generator, meta: dict) -> None:
     """Curved patient table under the back (posterior), present in most scans."""
     if rng.random() > 0.7:
         return

@@ -13,8 +13,9 @@ Shapes are painted as signed distance functions (SDF, mm, negative inside) evalu
 each shape's bounding box, which keeps painting cost proportional to the shape's size.
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -58,7 +59,7 @@ class Canvas:
 
     origin: np.ndarray  # LPS mm of voxel (0, 0, 0), x y z order
     spacing: np.ndarray  # mm, x y z order
-    shape: Tuple[int, int, int]  # array shape (nz, ny, nx)
+    shape: tuple[int, int, int]  # array shape (nz, ny, nx)
     tissue: np.ndarray = field(init=False)
     bone: np.ndarray = field(init=False)
     cortex: np.ndarray = field(init=False)
@@ -94,7 +95,7 @@ class Canvas:
         """True when LPS point ``p`` lies inside the grid's physical box (shrunk by ``margin`` mm)."""
         return bool(np.all(p >= self.extent_min + margin) and np.all(p <= self.extent_max - margin))
 
-    def box_slices(self, lo: np.ndarray, hi: np.ndarray) -> Optional[Tuple[slice, slice, slice]]:
+    def box_slices(self, lo: np.ndarray, hi: np.ndarray) -> Optional[tuple[slice, slice, slice]]:
         """Array slices (z, y, x) covering the LPS axis-aligned box [lo, hi]; None when empty."""
         i0 = np.floor((lo - self.origin) / self.spacing).astype(int)
         i1 = np.ceil((hi - self.origin) / self.spacing).astype(int) + 1
@@ -106,8 +107,8 @@ class Canvas:
             return None
         return (slice(i0[2], i1[2]), slice(i0[1], i1[1]), slice(i0[0], i1[0]))
 
-    def local_coords(self, frame: Frame, sl: Tuple[slice, slice, slice]
-                     ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def local_coords(self, frame: Frame, sl: tuple[slice, slice, slice]
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Local (lat, ant, up) coordinates of the voxels in ``sl`` (broadcast 3-D arrays)."""
         x = (self.xs[sl[2]] - frame.origin[0])[None, None, :]
         y = (self.ys[sl[1]] - frame.origin[1])[None, :, None]
@@ -119,7 +120,7 @@ class Canvas:
         return out[0], out[1], out[2]
 
     def world_box_of_local_box(self, frame: Frame, lo: Sequence[float], hi: Sequence[float]
-                               ) -> Tuple[np.ndarray, np.ndarray]:
+                               ) -> tuple[np.ndarray, np.ndarray]:
         """LPS axis-aligned bounds of a local box."""
         corners = np.array([[a, b, c] for a in (lo[0], hi[0]) for b in (lo[1], hi[1])
                             for c in (lo[2], hi[2])], float)
@@ -199,9 +200,12 @@ class Canvas:
                 boxes.append((sl, fn))
         if not boxes:
             return
-        z0 = min(b[0][0].start for b in boxes); z1 = max(b[0][0].stop for b in boxes)
-        y0 = min(b[0][1].start for b in boxes); y1 = max(b[0][1].stop for b in boxes)
-        x0 = min(b[0][2].start for b in boxes); x1 = max(b[0][2].stop for b in boxes)
+        z0 = min(b[0][0].start for b in boxes)
+        z1 = max(b[0][0].stop for b in boxes)
+        y0 = min(b[0][1].start for b in boxes)
+        y1 = max(b[0][1].stop for b in boxes)
+        x0 = min(b[0][2].start for b in boxes)
+        x1 = max(b[0][2].stop for b in boxes)
         full = (slice(z0, z1), slice(y0, y1), slice(x0, x1))
         d = np.full((z1 - z0, y1 - y0, x1 - x0), 1e3, np.float32)
         for sl, fn in boxes:
@@ -249,7 +253,7 @@ class Canvas:
                 self.paint_bone_sdf(sl, d, cortical_mm, bone_id, label, dense)
 
 
-def smooth_noise(cv: "Canvas", sl: Tuple[slice, slice, slice], cell_mm: float,
+def smooth_noise(cv: "Canvas", sl: tuple[slice, slice, slice], cell_mm: float,
                  rng: np.random.Generator) -> np.ndarray:
     """Smooth random field (unit-variance nodes, trilinear in between) on the voxels of ``sl``.
 
@@ -344,6 +348,6 @@ def polyline_resample(points: np.ndarray, step: float) -> np.ndarray:
     return np.stack([np.interp(t, s, points[:, i]) for i in range(3)], axis=1)
 
 
-def tube_points(points: List[np.ndarray], step: float) -> np.ndarray:
+def tube_points(points: list[np.ndarray], step: float) -> np.ndarray:
     """Convenience: polyline from a list of points, resampled."""
     return polyline_resample(np.asarray(points, float), step)

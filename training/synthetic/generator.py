@@ -6,15 +6,15 @@ Everything is drawn from one ``numpy.random.Generator`` seeded with ``seed``, so
 gives the same case.
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Optional
 
 import numpy as np
 import SimpleITK as sitk
 
 from VertebraeLabeling.VertebraeLabelingLib.vertebrae import NAME_TO_INDEX
 
-from . import tissues as T
 from .anatomy import EXTRA_LABELS, Spine, build_spine
 from .appearance import render
 from .body import paint_body
@@ -34,9 +34,9 @@ class SyntheticCase:
     """
 
     image: sitk.Image
-    centroids: Dict[str, np.ndarray]
+    centroids: dict[str, np.ndarray]
     labels: Optional[sitk.Image] = None
-    meta: Dict = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)
 
 
 _SLICE_CHOICES = np.array([1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0])
@@ -77,7 +77,7 @@ def generate_case(seed: int, *, full_spine_prob: float = 0.1, spacing: Optional[
         dtype: ``np.int16`` (CT-like) or ``np.float32``.
     """
     rng = np.random.default_rng(seed)
-    meta: Dict = {"seed": int(seed)}
+    meta: dict = {"seed": int(seed)}
 
     transitional = None
     if rng.random() < transitional_prob:
@@ -139,8 +139,8 @@ def generate_case(seed: int, *, full_spine_prob: float = 0.1, spacing: Optional[
     lab = _to_image(cv.labels, cv, perm, flips) if with_labels else None
     meta["orientation"] = orient
 
-    centroids: Dict[str, np.ndarray] = {}
-    extras: Dict[str, list] = {}
+    centroids: dict[str, np.ndarray] = {}
+    extras: dict[str, list] = {}
     cut = []
     for lv in spine.levels:
         inside = cv.contains(lv.frame.origin)
@@ -160,7 +160,7 @@ def generate_case(seed: int, *, full_spine_prob: float = 0.1, spacing: Optional[
 
 
 def _make_canvas(rng, spine: Spine, full_spine_prob: float, spacing, min_vertebrae: int,
-                 max_voxels: float, meta: Dict) -> Canvas:
+                 max_voxels: float, meta: dict) -> Canvas:
     """Choose the field of view (z range by scan type, in-plane box) and the voxel grid."""
     named = [lv for lv in spine.levels if lv.name in NAME_TO_INDEX]
     zc = {lv.name: lv.frame.origin[2] for lv in spine.levels}
@@ -240,7 +240,7 @@ def _make_canvas(rng, spine: Spine, full_spine_prob: float, spacing, min_vertebr
     return Canvas(np.array([x_lo, y_lo, z0]), sp, shape)
 
 
-def _reconstruction_circle(hu: np.ndarray, cv: Canvas, rng, meta: Dict) -> None:
+def _reconstruction_circle(hu: np.ndarray, cv: Canvas, rng, meta: dict) -> None:
     """Some scanners write -2048 / -3024 outside the circular reconstruction field."""
     if rng.random() > 0.2:
         return

@@ -1,6 +1,5 @@
 """Posterior instrumentation (pedicle screws and rods) and their streak artefacts."""
 
-from typing import Dict, List
 
 import numpy as np
 
@@ -9,7 +8,7 @@ from .anatomy import Spine
 from .canvas import Canvas, sd_capsule
 
 
-def paint_implants(cv: Canvas, spine: Spine, rng: np.random.Generator) -> Dict:
+def paint_implants(cv: Canvas, spine: Spine, rng: np.random.Generator) -> dict:
     """Screws through both pedicles of 2-6 consecutive thoraco-lumbar levels, joined by two rods."""
     cand = [i for i, lv in enumerate(spine.levels) if lv.kind in ("thoracic", "lumbar", "sacral")
             and lv.name != "S2"]
@@ -17,7 +16,7 @@ def paint_implants(cv: Canvas, spine: Spine, rng: np.random.Generator) -> Dict:
     start = int(rng.choice(cand[max(0, len(cand) - 14):len(cand) - 1]))
     levels = [spine.levels[i] for i in range(start, min(start + n, len(spine.levels)))
               if spine.levels[i].kind in ("thoracic", "lumbar", "sacral")]
-    heads: Dict[int, List[np.ndarray]] = {-1: [], 1: []}
+    heads: dict[int, list[np.ndarray]] = {-1: [], 1: []}
     r = rng.uniform(2.5, 3.5)
     for lv in levels:
         ac = -(lv.D / 2 + lv.canal_d / 2 + 1.0)

@@ -8,8 +8,7 @@ import numpy as np
 
 from . import tissues as T
 from .anatomy import Spine
-from .canvas import (BONE_OTHER, BONE_PELVIS, BONE_RIB, BONE_SKULL, Canvas, Frame, sd_capsule,
-                     sd_ellipsoid)
+from .canvas import BONE_OTHER, BONE_PELVIS, BONE_RIB, BONE_SKULL, Canvas, Frame, sd_ellipsoid
 
 # rib index (1..13): (half-span, AP semi-axis, end angle deg from the posterior pole, drop mm)
 _RIB = {1: (55, 45, 165, 25), 2: (75, 62, 170, 45), 3: (90, 75, 170, 60), 4: (100, 85, 170, 70),
@@ -87,10 +86,11 @@ def paint_pelvis(cv: Canvas, spine: Spine, rng: np.random.Generator, cortical_mm
     """Iliac wings fused to the sacral alae, acetabula, femoral heads and shafts, pubis, ischium."""
     fr = _pelvis_frame(spine)
     k = float(rng.uniform(0.88, 1.15))
-    lo, hi = fr.origin.min() - 400, fr.origin.max() + 400
+    _lo, _hi = fr.origin.min() - 400, fr.origin.max() + 400
     if fr.origin[2] - 330 > cv.extent_max[2] or fr.origin[2] + 90 < cv.extent_min[2]:
         return
-    w = lambda pts: fr.origin[None, :] + np.asarray(pts, float) @ fr.rot.T
+    def w(pts):
+        return fr.origin[None, :] + np.asarray(pts, float) @ fr.rot.T
     for s in (-1, 1):
         # iliacus muscle along the inner face of the wing
         c = (s * 72 * k, 25 * k, -10 * k)

@@ -4,7 +4,6 @@ Bone is not a class here: it is painted as an anti-aliased occupancy on top of t
 (see :class:`canvas.Canvas`), so its partial-volume look survives coarse grids.
 """
 
-from typing import Dict, Tuple
 
 AIR = 0
 FAT = 1
@@ -31,7 +30,7 @@ NAMES = {v: k for k, v in dict(AIR=AIR, FAT=FAT, MUSCLE=MUSCLE, SOFT=SOFT, LIVER
                                BRAIN=BRAIN).items()}
 
 #: (mean HU, spread of the per-case mean, fine texture std) for realistic, non-contrast CT
-CT_HU: Dict[int, Tuple[float, float, float]] = {
+CT_HU: dict[int, tuple[float, float, float]] = {
     AIR: (-1000.0, 5.0, 5.0),
     FAT: (-100.0, 15.0, 12.0),
     MUSCLE: (50.0, 8.0, 10.0),

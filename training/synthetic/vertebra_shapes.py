@@ -4,14 +4,22 @@ Local axes: L = patient left, A = anterior, U = superior, origin = vertebral bod
 (for C1, which has no body, the centre of its ring in front of the dens).
 """
 
-from typing import List, Optional
 
 import numpy as np
 
 from . import tissues as T
 from .anatomy import Level, Spine
-from .canvas import (Canvas, Frame, sd_box, sd_capsule, sd_ellcyl, sd_ellipse2, sd_ellipsoid,
-                     smooth_union, BONE_SACRUM_LOW)
+from .canvas import (
+    BONE_SACRUM_LOW,
+    Canvas,
+    Frame,
+    sd_box,
+    sd_capsule,
+    sd_ellcyl,
+    sd_ellipse2,
+    sd_ellipsoid,
+    smooth_union,
+)
 
 
 def _arch_centre(lv: Level) -> float:
@@ -103,7 +111,7 @@ def _arch_parts(lv: Level):
             rr = (pw * 0.45 + 1.5, 5.5, 6.5)
             for c in (sup_c, inf_c):
                 parts.append((np.array(c) - rr - 2, np.array(c) + rr + 2,
-                              lambda L, A, U, c=c: sd_ellipsoid(L, A, U, c, rr)))
+                              lambda L, A, U, c=c, rr=rr: sd_ellipsoid(L, A, U, c, rr)))
     return parts
 
 
@@ -125,7 +133,8 @@ def paint_soft_parts(cv: Canvas, spine: Spine) -> None:
         rw, rd = (a.W + b.W) / 4 * 1.03, (a.D + b.D) / 4 * 1.03
         hh = max(np.linalg.norm(top - bot) / 2, 0.5) + 2.0
         cv.paint_tissue(fr, (-rw - 2, -rd - 2, -hh - 2), (rw + 2, rd + 2, hh + 2),
-                        lambda L, A, U: sd_ellcyl(L, A, U, (0, 0, 0), (rw, rd), hh, 2.4), T.DISC)
+                        lambda L, A, U, rw=rw, rd=rd, hh=hh: sd_ellcyl(L, A, U, (0, 0, 0), (rw, rd), hh, 2.4),
+                        T.DISC)
     for lv in levels:
         if lv.kind == "C1":
             continue
