@@ -18,7 +18,7 @@ from conftest import make_ct
 def _run_cli(tmp_path, ct_path, *extra):
     out = tmp_path / "result.mrk.json"
     out.write_text("user's previous result")
-    code = cli.main([str(ct_path), "-o", str(out), "-q", *extra])
+    code = cli.main([str(ct_path), "-o", str(out), "-q", "--overwrite", *extra])
     return code, out
 
 

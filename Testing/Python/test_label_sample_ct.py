@@ -45,6 +45,16 @@ def test_cli_other_formats_default_next_to_the_ct(tmp_path, sample_ct_path, fmt,
     assert (tmp_path / ("patient" + suffix)).exists()
 
 
+def test_cli_never_replaces_an_existing_result_without_overwrite(tmp_path, capsys, sample_ct_path):
+    out = tmp_path / "edited.mrk.json"
+    out.write_text("points the radiologist corrected")
+    assert cli.main([sample_ct_path, "-o", str(out), "-q"]) == cli.EXIT_ERROR
+    assert "--overwrite" in capsys.readouterr().err
+    assert out.read_text() == "points the radiologist corrected"
+    assert cli.main([sample_ct_path, "-o", str(out), "-q", "--overwrite", "--device", "cpu"]) == 0
+    assert out.read_text().startswith("{")
+
+
 def test_labels_are_in_order_and_unique(sample_result):
     names = [v.name for v in sample_result.vertebrae]
     assert len(names) == len(set(names))

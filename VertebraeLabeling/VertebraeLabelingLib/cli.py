@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a block's vote counts above this probability (default 0.5)")
     parser.add_argument("--exhaustive", action="store_true",
                         help="tile the whole volume instead of following the spine (slower)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace OUT if it exists (by default an existing result, which may hold manual "
+                             "corrections, is never replaced)")
     parser.add_argument("--threads", type=int, help="CPU threads for PyTorch (default: all cores)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no table")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -96,6 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     output = args.output or default_output(args.ct_path, args.format)
+    if os.path.exists(output) and not args.overwrite:
+        # A result file may have been corrected by hand in Slicer: never replace it without being asked.
+        print(f"error: {output} already exists (it may hold manual corrections); "
+              "pass --overwrite to replace it or -o to write elsewhere", file=sys.stderr)
+        return EXIT_ERROR
     if args.stride < 1:
         print("error: --stride must be at least 1", file=sys.stderr)
         return EXIT_USAGE
