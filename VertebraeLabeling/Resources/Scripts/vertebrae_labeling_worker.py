@@ -99,5 +99,20 @@ def main(argv=None):
     return EXIT_OK
 
 
+def _use_utf8_output():
+    """Write stdout/stderr as UTF-8, which is how the panel decodes the pipe.
+
+    A piped stream otherwise uses the locale's encoding (the ANSI code page on Windows), so
+    a message with e.g. "×" signs or a non-Latin file path would arrive garbled or, worse,
+    make ``print`` raise UnicodeEncodeError.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(encoding="utf-8", errors="replace")
+        except (AttributeError, ValueError):  # not a TextIOWrapper (replaced stream)
+            pass
+
+
 if __name__ == "__main__":
+    _use_utf8_output()
     sys.exit(main())
