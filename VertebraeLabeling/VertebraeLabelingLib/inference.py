@@ -5,7 +5,6 @@ training package's evaluation.
 """
 
 import time
-from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import numpy as np
@@ -17,51 +16,11 @@ from .errors import CancelledError
 from .image_io import is_oblique, read_image, validate_ct
 from .model_io import load_model
 from .network import BLOCK_SHAPE, VertebraeNet
-from .vertebrae import VERTEBRA_NAMES, region_of
+from .results import LabeledVertebra, LabelingResult
+from .vertebrae import VERTEBRA_NAMES
 
 ProgressCallback = Callable[[float, str], None]
 CancelCallback = Callable[[], bool]
-
-
-@dataclass
-class LabeledVertebra:
-    """One labeled vertebra: its name, centroid in LPS millimetres and confidence in [0, 1]."""
-
-    name: str
-    position_lps: np.ndarray
-    confidence: float
-
-    @property
-    def position_ras(self) -> np.ndarray:
-        return self.position_lps * np.array([-1.0, -1.0, 1.0])
-
-    @property
-    def region(self) -> str:
-        return region_of(self.name)
-
-
-@dataclass
-class LabelingResult:
-    """Everything a caller needs to report a labeling run.
-
-    Attributes:
-        vertebrae: labeled vertebrae, cranio-caudal order.
-        probabilities: per vertebra name, the highest presence probability any block gave (for mAP).
-        timings: seconds per stage.
-        messages: things the user should know (no spine found, oblique input, untrained model...).
-        model_trained: False when the weights are the untrained placeholder: results are meaningless.
-    """
-
-    vertebrae: list[LabeledVertebra] = field(default_factory=list)
-    probabilities: dict[str, float] = field(default_factory=dict)
-    timings: dict[str, float] = field(default_factory=dict)
-    messages: list[str] = field(default_factory=list)
-    model_trained: bool = True
-    num_blocks: int = 0
-
-    def as_dict(self) -> dict[str, np.ndarray]:
-        """``{name: position_lps}``."""
-        return {v.name: v.position_lps for v in self.vertebrae}
 
 
 def resolve_device(device: str = "auto") -> torch.device:
