@@ -34,6 +34,20 @@ def default_output(ct_path: str, fmt: str) -> str:
     return os.path.join(folder, _strip_image_ext(ct_path) + _EXTENSIONS[fmt])
 
 
+def output_problem(path: str) -> Optional[str]:
+    """Why ``path`` cannot be written (a folder, under a file, read-only), or None when it can."""
+    if os.path.isdir(path):
+        return f"{path} is a folder; give a file name with -o"
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):  # the writer creates missing folders: check the first that exists
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        return f"cannot write {path}: {parent} is a file, not a folder"
+    if not os.access(parent, os.W_OK):
+        return f"cannot write {path}: the folder {parent} is not writable"
+    return None
+
+
 class ProgressBar:
     """A one-line progress bar on stderr (plain lines when stderr is not a terminal)."""
 
@@ -99,6 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     output = args.output or default_output(args.ct_path, args.format)
+    problem = output_problem(output)
+    if problem:  # say so now, not after minutes of work
+        print(f"error: {problem}", file=sys.stderr)
+        return EXIT_ERROR
     if os.path.exists(output) and not args.overwrite:
         # A result file may have been corrected by hand in Slicer: never replace it without being asked.
         print(f"error: {output} already exists (it may hold manual corrections); "
@@ -135,7 +153,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     except KeyboardInterrupt:
         print("\ncancelled: nothing was written", file=sys.stderr)
         return EXIT_CANCELLED
-    except (VertebraeLabelingError, ValueError, RuntimeError) as exc:
+    except (VertebraeLabelingError, ValueError, RuntimeError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     if not args.quiet:

@@ -138,11 +138,8 @@ def validate_ct(image: sitk.Image, name: Optional[str] = None) -> None:
     lo, p50, hi = np.percentile(sample, [1, 50, 99.9])
     if float(array.max()) == float(array.min()):
         raise InputImageError(f"{what} is empty: every voxel has the value {float(array.min()):g}.")
-    if hi < 150:
-        raise InputImageError(
-            f"{what} has no voxel brighter than {hi:.0f} (99.9th percentile): there is no bone in it, or it is not a "
-            "CT in Hounsfield units (an MRI, a mask or a rescaled image?)."
-        )
+    # No bright voxel at all is not refused: a CT without bone (soft tissue only) is still a CT; the
+    # spine search then finds nothing and the run ends with "no spine found", no labels, exit 0.
     if lo > -400:
         raise InputImageError(
             f"{what} has no air or fat (1st percentile {lo:.0f}): it does not look like a CT in Hounsfield units "
