@@ -28,12 +28,53 @@ def _gn(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(min(GROUPS, channels), channels)
 
 
+_ONEDNN_OK = [True]  # switched off for the process if this PyTorch build cannot run oneDNN convolutions
+
+
+def _cpu_inference(x: torch.Tensor) -> bool:
+    return (not torch.is_grad_enabled() and x.device.type == "cpu" and x.dtype == torch.float32
+            and _ONEDNN_OK[0] and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
+
+
+class Conv3d(nn.Conv3d):
+    """``nn.Conv3d`` that, for CPU inference, always runs the oneDNN (mkldnn) kernel.
+
+    PyTorch chooses the CPU convolution backend with a heuristic made for 2-D images: a batch of one
+    block whose N·C·D·H is small (the 1-channel stem, the 52×40×40 and coarser levels) goes to the
+    generic im2col path (``slow_conv3d``), which took a third of a block's time. Training, autograd
+    and GPUs keep the stock path; parameters and state dict are those of ``nn.Conv3d``.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.padding_mode == "zeros" and not isinstance(self.padding, str) and _cpu_inference(x):
+            try:
+                return torch.mkldnn_convolution(x, self.weight, self.bias, self.padding, self.stride,
+                                                self.dilation, self.groups)
+            except RuntimeError:  # a build without oneDNN support for this case: use the stock path from now on
+                _ONEDNN_OK[0] = False
+        return super().forward(x)
+
+
+def _pointwise_channels_first(conv: nn.Conv3d, y: torch.Tensor) -> torch.Tensor:
+    """A 1×1×1 convolution of a channels-last ``y`` as one matrix product per item, giving a channels-first result.
+
+    The spatial softmax of the heatmaps needs them channels-first; a channels-last convolution output
+    would have to be copied whole (26 × 104×80×80 floats) first, which cost more than the convolution.
+    """
+    b, c, d, h, w = y.shape
+    flat = y.permute(0, 2, 3, 4, 1).reshape(b, d * h * w, c)  # a view: y is channels-last
+    weight = conv.weight.reshape(conv.out_channels, c)
+    bias = conv.bias if conv.bias is not None else weight.new_zeros(conv.out_channels)
+    out = torch.stack([torch.addmm(bias[:, None], weight, flat[n].t()) for n in range(b)])
+    return out.reshape(b, conv.out_channels, d, h, w)
+
+
 class ConvGNReLU(nn.Sequential):
     """Convolution followed by GroupNorm(4) and ReLU, the paper's unit after every convolution."""
 
     def __init__(self, cin: int, cout: int, kernel: Sequence[int] = (3, 3, 3)) -> None:
         padding = tuple(k // 2 for k in kernel)
-        super().__init__(nn.Conv3d(cin, cout, tuple(kernel), padding=padding, bias=False), _gn(cout), nn.ReLU(inplace=True))
+        super().__init__(Conv3d(cin, cout, tuple(kernel), padding=padding, bias=False), _gn(cout), nn.ReLU(inplace=True))
 
 
 class ResidualModule(nn.Module):
@@ -51,7 +92,7 @@ class ResidualModule(nn.Module):
             ConvGNReLU(mid, mid, (3, 3, 3)),
             ConvGNReLU(mid, cout, (1, 1, 1)),
         )
-        self.skip = nn.Identity() if cin == cout else nn.Conv3d(cin, cout, 1, bias=False)
+        self.skip = nn.Identity() if cin == cout else Conv3d(cin, cout, 1, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x) + self.skip(x)
@@ -124,7 +165,7 @@ class VertebraeNet(nn.Module):
         self.dec2 = ResidualModule(w3, w2)
         self.dec1 = ResidualModule(w2, w1)
         self.dec0 = ResidualModule(w1, w0)
-        self.head = nn.Sequential(ConvGNReLU(w0, w0), nn.Conv3d(w0, num_outputs, 1))
+        self.head = nn.Sequential(ConvGNReLU(w0, w0), Conv3d(w0, num_outputs, 1))
         self.classifier = ClassificationBranch(w3, num_outputs=num_outputs)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -139,5 +180,9 @@ class VertebraeNet(nn.Module):
         y = F.interpolate(y, size=f1.shape[2:], mode="trilinear", align_corners=False) + self.skip1(f1)
         y = self.dec0(y)
         y = F.interpolate(y, size=f0.shape[2:], mode="trilinear", align_corners=False) + self.skip0(f0)
-        heatmaps = self.head(y)
+        y = self.head[0](y)
+        if _cpu_inference(y) and not y.is_contiguous() and y.is_contiguous(memory_format=torch.channels_last_3d):
+            heatmaps = _pointwise_channels_first(self.head[1], y)
+        else:
+            heatmaps = self.head[1](y)
         return {"logits": self.classifier(f3), "coords": integral_regression(heatmaps), "heatmaps": heatmaps}
