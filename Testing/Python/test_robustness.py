@@ -591,3 +591,32 @@ def test_cli_success_exit_0_in_a_fresh_process(tmp_path, sample_ct_path):
     assert proc.returncode == cli.EXIT_OK, proc.stderr
     assert out.read_text().startswith("name,region,x_lps_mm")
     assert f"wrote {out}" in proc.stdout
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the CPU inference fast path (oneDNN convolutions, channels-first heatmaps) changes nothing but the speed
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_cpu_inference_fast_path_gives_the_stock_networks_answer(monkeypatch):
+    from VertebraeLabeling.VertebraeLabelingLib.network import VertebraeNet
+
+    calls = []
+    stock = torch.mkldnn_convolution
+    monkeypatch.setattr(torch, "mkldnn_convolution", lambda *a: calls.append(1) or stock(*a))
+    torch.manual_seed(0)
+    net = VertebraeNet().eval()
+    for shape in ((1, 1, 104, 80, 80), (2, 1, 32, 24, 16)):
+        x = torch.randn(*shape) * 2
+        with torch.enable_grad():  # autograd on: the stock PyTorch path
+            ref = net(x)
+        assert not calls
+        fast_net = net.to(memory_format=torch.channels_last_3d)
+        with torch.inference_mode():
+            out = fast_net(x.contiguous(memory_format=torch.channels_last_3d))
+        assert calls, "the oneDNN path was not taken"
+        calls.clear()
+        np.testing.assert_allclose(out["logits"], ref["logits"].detach(), atol=1e-4)
+        np.testing.assert_allclose(out["coords"], ref["coords"].detach(), atol=1e-2)  # voxels
+        np.testing.assert_allclose(out["heatmaps"], ref["heatmaps"].detach(), atol=1e-3)
+        net = net.to(memory_format=torch.contiguous_format)
