@@ -108,12 +108,18 @@ def to_canonical(
             continue
         roi = sitk.RegionOfInterest(image, [int(v) for v in hi - lo + 1], [int(v) for v in lo])
         roi = sitk.Cast(roi, sitk.sitkFloat32)
-        for axis, sigma in enumerate(sigmas):
+        axes = _patient_axes(image)
+        # Finest axis first: once it is smoothed and brought down to 2 mm (when the image is not
+        # oblique), the Gaussians of the other axes have fewer voxels to go through.
+        for axis in sorted(range(3), key=lambda a: in_spacing[a]):
+            sigma = sigmas[axis]
             if sigma > 0 and roi.GetSize()[axis] > 3:
                 gauss = sitk.RecursiveGaussianImageFilter()
                 gauss.SetSigma(sigma)
                 gauss.SetDirection(axis)
                 roi = gauss.Execute(roi)
+            if axes is not None and in_spacing[axis] < spacing:
+                roi = _resample_axis(roi, axis, axes[axis], slab_origin, slab_size, spacing)
         resampler = sitk.ResampleImageFilter()
         resampler.SetOutputOrigin(tuple(float(v) for v in slab_origin))
         resampler.SetOutputSpacing((spacing, spacing, spacing))
@@ -125,6 +131,38 @@ def to_canonical(
         hu[k0:k0 + nk] = sitk.GetArrayFromImage(resampler.Execute(roi))
     np.maximum(hu, AIR_HU, out=hu)
     return CanonicalVolume(hu=hu, origin_lps=np.asarray(origin, dtype=float), spacing=spacing)
+
+
+def _patient_axes(image: sitk.Image):
+    """For each image axis, the LPS axis it runs along, when the image is not oblique; else None."""
+    direction = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)
+    axes = np.argmax(np.abs(direction), axis=0)
+    if sorted(axes) != [0, 1, 2] or not np.allclose(np.abs(direction[axes, [0, 1, 2]]), 1.0, atol=1e-6):
+        return None
+    return [int(a) for a in axes]
+
+
+def _resample_axis(roi: sitk.Image, axis: int, lps_axis: int, slab_origin: np.ndarray, slab_size, spacing: float):
+    """``roi`` linearly resampled along one image axis onto the canonical grid's positions along it.
+
+    Only for images whose axes are the patient axes: the canonical positions along ``lps_axis`` form
+    a lattice of ``spacing`` (a 2 mm step of the output), so resampling axis by axis is the same
+    trilinear interpolation as doing it in one go, and the Gaussian of the next axis (which commutes
+    with this step) runs on 2.5-5× fewer voxels (issue 7: preprocessing was 70% of a 512×512×1000 run).
+    """
+    direction = np.asarray(roi.GetDirection(), dtype=float).reshape(3, 3)
+    step = float(np.sign(direction[lps_axis, axis]))  # the image axis runs towards +LPS or -LPS
+    n = int(slab_size[lps_axis])
+    first = float(slab_origin[lps_axis])
+    last = first + (n - 1) * spacing * _AXIS_SIGN[lps_axis]
+    origin = np.asarray(roi.GetOrigin(), dtype=float)
+    origin[lps_axis] = first if (last - first) * step >= 0 else last
+    size = list(roi.GetSize())
+    size[axis] = n
+    out_spacing = list(roi.GetSpacing())
+    out_spacing[axis] = spacing
+    return sitk.Resample(roi, size, sitk.Transform(), sitk.sitkLinear, tuple(origin), tuple(out_spacing),
+                         roi.GetDirection(), AIR_HU, sitk.sitkFloat32)
 
 
 def _input_box(image: sitk.Image, origin: np.ndarray, size: tuple[int, int, int], spacing: float):
