@@ -111,14 +111,15 @@ def to_canonical(
         axes = _patient_axes(image)
         # Finest axis first: once it is smoothed and brought down to 2 mm (when the image is not
         # oblique), the Gaussians of the other axes have fewer voxels to go through.
-        for axis in sorted(range(3), key=lambda a: in_spacing[a]):
+        order = sorted(range(3), key=lambda a: in_spacing[a])
+        for n, axis in enumerate(order):
             sigma = sigmas[axis]
             if sigma > 0 and roi.GetSize()[axis] > 3:
                 gauss = sitk.RecursiveGaussianImageFilter()
                 gauss.SetSigma(sigma)
                 gauss.SetDirection(axis)
                 roi = gauss.Execute(roi)
-            if axes is not None and in_spacing[axis] < spacing:
+            if axes is not None and in_spacing[axis] < spacing and any(sigmas[b] > 0 for b in order[n + 1:]):
                 roi = _resample_axis(roi, axis, axes[axis], slab_origin, slab_size, spacing)
         resampler = sitk.ResampleImageFilter()
         resampler.SetOutputOrigin(tuple(float(v) for v in slab_origin))
