@@ -1,0 +1,363 @@
+"""Speed and memory of the labeling pipeline, CT sizes from 128³ to 512×512×1000 (issues 4 and 7).
+
+For every case it labels the CT in a fresh Python process (so that the peak resident memory, the
+kernel's high-water mark ``VmHWM``, belongs to that one run) and records the wall time of each stage:
+read, preprocess (resampling to the canonical 2 mm grid + normalisation), spine search, network,
+aggregate; the number of blocks; and the peak RSS. With ``--exhaustive`` every case is also run with
+the naive sliding window over the whole volume, side by side.
+
+The CTs are made here, nothing is downloaded:
+
+* ``real-sample``: the bundled real CT (TotalSegmentator example, abdomen/pelvis, 122×101×112 at 3 mm).
+* ``full-spine-2mm``: a synthetic full-spine CT (C1 to below S2, ``training.synthetic.generate_case``)
+  at 2 mm: about 300×190×150 voxels on the canonical grid, the "full-spine CT" of the 30 s target.
+* ``128^3`` ... ``512x512x1000``: that synthetic full-spine CT resampled onto clinical grids (axial,
+  LPS, int16): the field of view grows with the size up to the whole spine (600 mm), then only the
+  resolution grows. ``512x512x1000`` is the "peak RAM ≤ 2 GB" case.
+
+Usage (all in one go; takes a few minutes on 2 cores)::
+
+    python benchmarks/benchmark_speed.py                   # prepare, run every case, write the report
+    python benchmarks/benchmark_speed.py --exhaustive      # + the naive sliding window, side by side
+
+or step by step (e.g. to run each case in a quiet window of a shared machine)::
+
+    python benchmarks/benchmark_speed.py prepare
+    python benchmarks/benchmark_speed.py run --case 256^3 [--exhaustive] [--device cpu]
+    python benchmarks/benchmark_speed.py report
+
+Results: ``benchmarks/results/runs.jsonl`` (one JSON line per run, appended), ``latest.md`` (table of
+the latest run of each case) and ``time_vs_size.png`` (time versus input voxels and versus blocks).
+"""
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+RESULTS = os.path.join(HERE, "results")
+DATA = os.path.join(HERE, "data")  # generated inputs (git-ignored, several hundred MB)
+SAMPLE_CT = os.path.join(REPO, "Testing", "Data", "ts_example_ct.nii.gz")
+PHANTOM_SEED = 7
+
+#: name → (size (x, y, z), spacing (x, y, z) mm). The in-plane field of view is 400 mm for the larger
+#: grids; the z extent grows up to the phantom's whole spine (~600 mm).
+CASES = {
+    "128^3": ((128, 128, 128), (3.0, 3.0, 3.0)),
+    "256^3": ((256, 256, 256), (1.5, 1.5, 1.5)),
+    "384x384x400": ((384, 384, 400), (1.0, 1.0, 1.25)),
+    "512x512x300": ((512, 512, 300), (0.8, 0.8, 2.0)),
+    "512x512x600": ((512, 512, 600), (0.8, 0.8, 1.0)),
+    "512x512x1000": ((512, 512, 1000), (0.8, 0.8, 0.6)),
+}
+ORDER = ["real-sample", "128^3", "256^3", "full-spine-2mm", "384x384x400", "512x512x300", "512x512x600",
+         "512x512x1000"]
+
+
+def case_path(name: str) -> str:
+    if name == "real-sample":
+        return SAMPLE_CT
+    return os.path.join(DATA, name.replace("^", "c") + ".nii")
+
+
+def prepare(names=None) -> None:
+    """Write the synthetic inputs (uncompressed NIfTI, so that "read" measures I/O, not gunzip)."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from training.synthetic import generate_case
+
+    os.makedirs(DATA, exist_ok=True)
+    names = names or ORDER
+    phantom_path = case_path("full-spine-2mm")
+    if not os.path.exists(phantom_path):
+        t = time.perf_counter()
+        case = generate_case(PHANTOM_SEED, full_spine_prob=1.0, spacing=(2.0, 2.0, 2.0), max_voxels=3e7,
+                             reorient_prob=0.0, metal_prob=0.0, random_appearance_prob=0.0, contrast_prob=0.0,
+                             with_labels=False)
+        sitk.WriteImage(case.image, phantom_path)
+        print(f"full-spine phantom {case.image.GetSize()} in {time.perf_counter() - t:.0f} s", flush=True)
+    phantom = sitk.ReadImage(phantom_path)
+    centre = np.asarray(phantom.TransformContinuousIndexToPhysicalPoint(
+        [(n - 1) / 2.0 for n in phantom.GetSize()]))
+    z_extent = phantom.GetSize()[2] * phantom.GetSpacing()[2]
+    for name in names:
+        if name not in CASES or os.path.exists(case_path(name)):
+            continue
+        size, spacing = CASES[name]
+        extent = np.asarray(size) * np.asarray(spacing)
+        # Centred in-plane; along z centred on the phantom, or its upper part when the grid is shorter
+        # (a thoraco-lumbar CT rather than a neck one).
+        top = centre[2] + z_extent / 2 - max(0.0, (z_extent - extent[2]) * 0.6)
+        origin = [centre[0] - extent[0] / 2, centre[1] - extent[1] / 2, top - extent[2]]
+        t = time.perf_counter()
+        image = sitk.Resample(phantom, [int(v) for v in size], sitk.Transform(), sitk.sitkLinear, origin,
+                              [float(v) for v in spacing], (1, 0, 0, 0, 1, 0, 0, 0, 1), -1024.0, sitk.sitkInt16)
+        sitk.WriteImage(image, case_path(name))
+        print(f"{name}: {size} at {spacing} mm in {time.perf_counter() - t:.0f} s", flush=True)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# one run, in a child process
+# ------------------------------------------------------------------------------------------------------------
+
+_CHILD = r"""
+import json, os, sys, time
+t0 = time.perf_counter()
+sys.path.insert(0, {repo!r})
+import torch
+from VertebraeLabeling.VertebraeLabelingLib.image_io import read_image
+from VertebraeLabeling.VertebraeLabelingLib.inference import label_ct
+from VertebraeLabeling.VertebraeLabelingLib.model_io import load_model
+
+def status(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field):
+            return int(line.split()[1]) / 1024.0
+
+if {threads}:
+    torch.set_num_threads({threads})
+model, manifest = load_model()
+t_import = time.perf_counter() - t0
+rss_ready = status("VmRSS:")
+t1 = time.perf_counter()
+image = read_image({path!r})
+t_read = time.perf_counter() - t1
+result = label_ct(image, model=model, device={device!r}, exhaustive={exhaustive})
+out = dict(timings=dict(read=t_read, **result.timings), blocks=result.num_blocks, labels=len(result.vertebrae),
+           input_size=list(image.GetSize()), input_spacing=list(image.GetSpacing()),
+           input_mb=image.GetNumberOfPixels() * image.GetSizeOfPixelComponent() / 2**20,
+           rss_ready_mb=rss_ready, peak_rss_mb=status("VmHWM:"), import_s=t_import,
+           threads=torch.get_num_threads(), torch=torch.__version__)
+if {device!r}.startswith("cuda"):
+    out["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    out["gpu"] = torch.cuda.get_device_name()
+print("RESULT " + json.dumps(out))
+"""
+
+
+def run_case(name: str, device: str = "cpu", exhaustive: bool = False, threads: int = 0) -> dict:
+    path = case_path(name)
+    if not os.path.exists(path):
+        prepare([name])
+    code = _CHILD.format(repo=REPO, path=path, device=device, exhaustive=exhaustive, threads=threads)
+    t = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    if proc.returncode != 0:
+        raise RuntimeError(f"{name} failed:\n{proc.stderr[-3000:]}")
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
+    record = json.loads(line[len("RESULT "):])
+    record.update(case=name, device=device, mode="exhaustive" if exhaustive else "spine", process_wall_s=wall,
+                  when=time.strftime("%Y-%m-%d %H:%M:%S"), cpu=_cpu_name(), cores=os.cpu_count(),
+                  load_before=_loadavg())
+    os.makedirs(RESULTS, exist_ok=True)
+    with open(os.path.join(RESULTS, "runs.jsonl"), "a") as handle:
+        handle.write(json.dumps(record) + "\n")
+    t = record["timings"]
+    print(f"{name:<15} {device:<5} {record['mode']:<10} blocks {record['blocks']:>3}  read {t['read']:6.2f}  "
+          f"preprocess {t['preprocess']:6.2f}  spine {t['spine_search']:5.2f}  network {t.get('network', 0):7.2f}  "
+          f"aggregate {t.get('aggregate', 0):5.2f}  total {t['read'] + t['total']:7.2f} s  "
+          f"peak RSS {record['peak_rss_mb']:6.0f} MB", flush=True)
+    return record
+
+
+def _cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _loadavg() -> float:
+    try:
+        return float(open("/proc/loadavg").read().split()[0])
+    except OSError:
+        return float("nan")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# report
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _latest_runs(filename: str = "runs.jsonl") -> dict:
+    latest = {}
+    path = os.path.join(RESULTS, filename)
+    if not os.path.exists(path):
+        return latest
+    for line in open(path):
+        if line.strip():
+            rec = json.loads(line)
+            latest[(rec["case"], rec["device"], rec["mode"])] = rec
+    return latest
+
+
+def report() -> str:
+    latest = _latest_runs()
+    if not latest:
+        raise SystemExit("no runs yet: run `benchmark_speed.py run --case NAME` first")
+    any_rec = next(iter(latest.values()))
+    lines = [
+        "# Labeling speed and memory",
+        "",
+        f"Machine: {any_rec['cpu']}, {any_rec['cores']} cores, torch {any_rec['torch']} "
+        f"({any_rec['threads']} threads). Written by `benchmarks/benchmark_speed.py`; each row is one run in a "
+        "fresh process. Times in seconds; *total* = read + preprocess + spine search + network + aggregate; "
+        "*peak RSS* is the process's resident-memory high-water mark (imports, model and input included).",
+        "",
+        "Targets (issues 4 and 7): full-spine CT (≈200×180×180 voxels after resampling) ≤ 30 s on 2 CPU cores; "
+        "peak RAM ≤ 2 GB for a 512×512×1000 input.",
+        "",
+        "| case | input voxels (x×y×z @ mm) | device | mode | blocks | read | preprocess | spine | network | "
+        "aggregate | total | peak RSS (MB) |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name in ORDER:
+        for key in sorted((k for k in latest if k[0] == name), key=lambda k: (k[1], k[2] != "spine")):
+            rec = latest[key]
+            t = rec["timings"]
+            size = "×".join(str(v) for v in rec["input_size"])
+            spacing = "×".join(f"{v:g}" for v in (round(s, 2) for s in rec["input_spacing"]))
+            lines.append(
+                f"| {name} | {size} @ {spacing} | {rec['device']} | {rec['mode']} | {rec['blocks']} | "
+                f"{t['read']:.2f} | {t['preprocess']:.2f} | {t['spine_search']:.2f} | {t.get('network', 0):.2f} | "
+                f"{t.get('aggregate', 0):.2f} | **{t['read'] + t['total']:.2f}** | {rec['peak_rss_mb']:.0f} |")
+    pairs = [(latest[k], latest.get((k[0], k[1], "exhaustive"))) for k in latest if k[2] == "spine"]
+    pairs = [(s, e) for s, e in pairs if e is not None]
+    if pairs:
+        lines += ["", "## Spine-following blocks vs the naive sliding window", "",
+                  "| case | device | blocks (spine / naive) | network s (spine / naive) | total s (spine / naive) | "
+                  "speed-up |", "|---|---|---|---|---|---:|"]
+        for s, e in sorted(pairs, key=lambda p: ORDER.index(p[0]["case"])):
+            ts, te = s["timings"], e["timings"]
+            tot_s, tot_e = ts["read"] + ts["total"], te["read"] + te["total"]
+            lines.append(f"| {s['case']} | {s['device']} | {s['blocks']} / {e['blocks']} | "
+                         f"{ts.get('network', 0):.1f} / {te.get('network', 0):.1f} | {tot_s:.1f} / {tot_e:.1f} | "
+                         f"{tot_e / max(tot_s, 1e-9):.1f}× |")
+    baseline = _latest_runs("baseline_runs.jsonl")
+    common = [k for k in latest if k in baseline]
+    if common:
+        lines += ["", "## Before / after the CPU optimisations", "",
+                  "`baseline_runs.jsonl`: the same cases run with the code before the optimisations (commit "
+                  "59122e5: stock PyTorch convolution choice, channels-last heatmap copy, Gaussian of every axis "
+                  "at full resolution), alternating with the runs above in the same quiet windows.", "",
+                  "| case | mode | blocks | preprocess s (before → after) | network s (before → after) | "
+                  "total s (before → after) | peak RSS MB (before → after) |", "|---|---|---:|---|---|---|---|"]
+        for key in sorted(common, key=lambda k: (k[2] != "spine", ORDER.index(k[0]), k[1])):
+            b, a = baseline[key], latest[key]
+            tb, ta = b["timings"], a["timings"]
+            lines.append(
+                f"| {key[0]} | {key[2]} | {a['blocks']} | {tb['preprocess']:.2f} → {ta['preprocess']:.2f} | "
+                f"{tb.get('network', 0):.2f} → {ta.get('network', 0):.2f} | "
+                f"{tb['read'] + tb['total']:.2f} → **{ta['read'] + ta['total']:.2f}** | "
+                f"{b['peak_rss_mb']:.0f} → {a['peak_rss_mb']:.0f} |")
+    lines += [
+        "", "## Notes", "",
+        "- Reference tool: none can run here. The pip-installable vertebra labelers/segmenters (TotalSegmentator, "
+        "spine-segment, torso-mapper) all download their weights on first use, so the comparison is against our "
+        "own naive sliding window over the whole volume (`label_ct(..., exhaustive=True)`), same network.",
+        "- GPU: the script also runs `--device cuda` when PyTorch sees a GPU; the rows above are CPU only.",
+        "- The synthetic inputs are one full-spine phantom (`training.synthetic.generate_case`, seed "
+        f"{PHANTOM_SEED}) resampled onto each grid; the network's cost depends on the blocks (the spine's "
+        "length), the preprocessing's on the input voxels.",
+        "", "Reproduce: `python benchmarks/benchmark_speed.py --exhaustive` (see the script's docstring).", ""]
+    text = "\n".join(lines)
+    os.makedirs(RESULTS, exist_ok=True)
+    with open(os.path.join(RESULTS, "latest.md"), "w") as handle:
+        handle.write(text)
+    _plot(latest)
+    print(text)
+    return text
+
+
+def _plot(latest: dict) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # matplotlib is optional: the table is the result
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    for (device, mode), style in ((("cpu", "spine"), "o-"), (("cpu", "exhaustive"), "s--"),
+                                  (("cuda", "spine"), "^-"), (("cuda", "exhaustive"), "v--")):
+        recs = [latest[k] for k in latest if k[1] == device and k[2] == mode]
+        if not recs:
+            continue
+        recs.sort(key=lambda r: r["input_size"][0] * r["input_size"][1] * r["input_size"][2])
+        vox = [r["input_size"][0] * r["input_size"][1] * r["input_size"][2] / 1e6 for r in recs]
+        total = [r["timings"]["read"] + r["timings"]["total"] for r in recs]
+        label = f"{device}, {'spine-following' if mode == 'spine' else 'naive sliding window'}"
+        axes[0].plot(vox, total, style, label=label)
+        for r, x, y in zip(recs, vox, total):
+            if mode == "spine":
+                axes[0].annotate(r["case"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        axes[1].plot(vox, [r["peak_rss_mb"] for r in recs], style, label=label)
+    axes[0].axhline(30, color="r", lw=0.8, ls=":", label="30 s target")
+    axes[0].set_xscale("log")
+    axes[0].set_yscale("log")
+    axes[0].set_xlabel("input voxels (millions)")
+    axes[0].set_ylabel("wall time, read to result (s)")
+    axes[0].set_title("Time versus CT size")
+    axes[0].legend(fontsize=8)
+    axes[1].axhline(2048, color="r", lw=0.8, ls=":", label="2 GB target")
+    axes[1].set_xscale("log")
+    axes[1].set_xlabel("input voxels (millions)")
+    axes[1].set_ylabel("peak RSS (MB)")
+    axes[1].set_title("Peak memory versus CT size")
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(RESULTS, "time_vs_size.png"), dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    global RESULTS
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("command", nargs="?", default="all", choices=["all", "prepare", "run", "report"])
+    parser.add_argument("--case", action="append", help=f"case(s) to run (default: all): {', '.join(ORDER)}")
+    parser.add_argument("--device", action="append",
+                        help="cpu and/or cuda (default: cpu, plus cuda when PyTorch sees a GPU)")
+    parser.add_argument("--exhaustive", action="store_true", help="also run the naive sliding window")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: PyTorch's choice)")
+    parser.add_argument("--results", help=f"folder for runs.jsonl, latest.md and the plot (default {RESULTS})")
+    args = parser.parse_args(argv)
+    if args.results:
+        RESULTS = os.path.abspath(args.results)
+    cases = args.case or ORDER
+    unknown = [c for c in cases if c not in ORDER]
+    if unknown:
+        parser.error(f"unknown case(s) {unknown}; choose from {ORDER}")
+    if args.device:
+        devices = args.device
+    else:
+        import torch
+
+        devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    if args.command in ("all", "prepare"):
+        prepare(cases)
+    if args.command in ("all", "run"):
+        for name in cases:
+            for device in devices:
+                run_case(name, device, exhaustive=False, threads=args.threads)
+                if args.exhaustive:
+                    run_case(name, device, exhaustive=True, threads=args.threads)
+    if args.command in ("all", "report"):
+        report()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
