@@ -620,6 +620,11 @@ def test_cpu_inference_fast_path_gives_the_stock_networks_answer(monkeypatch):
         np.testing.assert_allclose(out["coords"], ref["coords"].detach(), atol=1e-2)  # voxels
         np.testing.assert_allclose(out["heatmaps"], ref["heatmaps"].detach(), atol=1e-3)
         net = net.to(memory_format=torch.contiguous_format)
+    # torch.compile cannot trace torch.mkldnn_convolution: while it traces, the stock path is used.
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    with torch.inference_mode():
+        net(torch.randn(1, 1, 32, 24, 16))
+    assert not calls
 
 
 @pytest.mark.parametrize("orientation", ["RAS", "PIR"])

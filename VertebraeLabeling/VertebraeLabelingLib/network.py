@@ -31,9 +31,16 @@ def _gn(channels: int) -> nn.GroupNorm:
 _ONEDNN_OK = [True]  # switched off for the process if this PyTorch build cannot run oneDNN convolutions
 
 
+def _compiling() -> bool:
+    """True while ``torch.compile`` traces the model (it cannot trace ``torch.mkldnn_convolution``)."""
+    is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+    return bool(is_compiling is not None and is_compiling())
+
+
 def _cpu_inference(x: torch.Tensor) -> bool:
     return (not torch.is_grad_enabled() and x.device.type == "cpu" and x.dtype == torch.float32
-            and _ONEDNN_OK[0] and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
+            and _ONEDNN_OK[0] and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+            and not _compiling())
 
 
 class Conv3d(nn.Conv3d):
