@@ -158,6 +158,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         return EXIT_ERROR
     if not args.quiet:
         print(summary_table(result))
+        print(f"model: {manifest.get('description') or os.path.basename(args.model or 'bundled')}")
         for message in result.messages:
             print(f"note: {message}")
         timing = ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items())
