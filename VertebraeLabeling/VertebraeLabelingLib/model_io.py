@@ -19,6 +19,7 @@ import torch
 
 from .errors import ModelFileError
 from .network import VertebraeNet
+from .outputs import write_text_atomic
 
 FORMAT_NAME = "vertebrae-labeling-weights"
 FORMAT_VERSION = 1
@@ -79,17 +80,8 @@ def save_weights(model: VertebraeNet, path: str, trained: bool, description: str
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-    _write_json_atomic(manifest_path(path), manifest)
+    write_text_atomic(manifest_path(path), json.dumps(manifest, indent=2) + "\n")
     return manifest
-
-
-def _write_json_atomic(path: str, data: dict[str, Any]) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".json.tmp")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle, indent=2)
-        handle.write("\n")
-    os.replace(tmp, path)
 
 
 def read_manifest(path: str) -> dict[str, Any]:

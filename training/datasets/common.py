@@ -13,6 +13,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from VertebraeLabeling.VertebraeLabelingLib import vertebrae
+from VertebraeLabeling.VertebraeLabelingLib.image_io import read_image  # noqa: F401 - one reader, the core's
 
 #: Axis letters in the nibabel / VerSe sense: the letter names the direction in which the
 #: voxel index *increases* ("R" = towards the patient's right). Index = LPS axis.
@@ -50,21 +51,6 @@ class AnnotatedCase:
     def whole_centroids(self) -> Dict[str, np.ndarray]:
         """The centroids of the vertebrae that are not cut by the volume's edge."""
         return {n: p for n, p in self.centroids.items() if n not in self.partial}
-
-
-def read_image(path: str) -> sitk.Image:
-    """Read an image file or a DICOM-series folder (the core's reader when it is there)."""
-    try:
-        from VertebraeLabeling.VertebraeLabelingLib.image_io import read_image as core_read
-    except ImportError:  # the core reader is optional for the loaders
-        core_read = None
-    if core_read is not None:
-        return core_read(path)
-    if os.path.isdir(path):
-        reader = sitk.ImageSeriesReader()
-        reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(path))
-        return reader.Execute()
-    return sitk.ReadImage(path)
 
 
 @dataclass(frozen=True)
