@@ -87,3 +87,13 @@ def test_a_failed_write_leaves_the_previous_file_untouched(tmp_path, result):
         write_markups_json(Broken(), str(path))
     assert path.read_text() == "the user's corrected file"
     assert os.listdir(tmp_path) == ["out.mrk.json"]
+
+
+def test_result_files_get_ordinary_permissions(tmp_path, result):
+    path = tmp_path / "out.csv"
+    old = os.umask(0o022)
+    try:
+        write_csv(result, str(path))
+    finally:
+        os.umask(old)
+    assert (os.stat(path).st_mode & 0o777) == 0o644

@@ -19,7 +19,7 @@ import torch
 
 from .errors import ModelFileError
 from .network import VertebraeNet
-from .outputs import write_text_atomic
+from .outputs import publish, write_text_atomic
 
 FORMAT_NAME = "vertebrae-labeling-weights"
 FORMAT_VERSION = 1
@@ -76,7 +76,7 @@ def save_weights(model: VertebraeNet, path: str, trained: bool, description: str
             "description": description,
             "training": training or {},
         }
-        os.replace(tmp, path)
+        publish(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

@@ -23,6 +23,18 @@ MARKUPS_SCHEMA_URL = (
 )
 
 
+def publish(tmp: str, path: str) -> None:
+    """Move a finished temporary file onto ``path`` with ordinary permissions.
+
+    ``mkstemp`` creates files readable by their owner only; a result file should get the same
+    permissions as any file the user creates (0666 minus the umask).
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, path)
+
+
 def write_text_atomic(path: str, text: str) -> None:
     """Write ``text`` to ``path`` so that readers see either the old file or the complete new one."""
     folder = os.path.dirname(os.path.abspath(path)) or "."
@@ -31,7 +43,7 @@ def write_text_atomic(path: str, text: str) -> None:
     try:
         with os.fdopen(fd, "w", newline="") as handle:
             handle.write(text)
-        os.replace(tmp, path)
+        publish(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

@@ -5,6 +5,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
+from .outputs import publish
 from .preprocessing import to_canonical
 from .vertebrae import REGION_COLORS, region_of
 
@@ -57,7 +58,7 @@ def render_overview(image: sitk.Image, result: Any, path: str, title: str = "") 
     os.close(fd)
     try:
         fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
+        publish(tmp, path)
     finally:
         plt.close(fig)
         if os.path.exists(tmp):
