@@ -12,14 +12,13 @@ Loading checks the checksum *before* unpickling anything and then uses
 import hashlib
 import json
 import os
-import tempfile
 from typing import Any, Optional
 
 import torch
 
 from .errors import ModelFileError
 from .network import VertebraeNet
-from .outputs import publish, write_text_atomic
+from .outputs import atomic_output, write_text_atomic
 
 FORMAT_NAME = "vertebrae-labeling-weights"
 FORMAT_VERSION = 1
@@ -60,12 +59,8 @@ def sha256_of(path: str) -> str:
 def save_weights(model: VertebraeNet, path: str, trained: bool, description: str = "",
                  training: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """Write ``model``'s state dict to ``path`` and its manifest next to it (both atomically)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".pt.tmp")
-    os.close(fd)
-    try:
+    with atomic_output(path) as tmp:
         torch.save(state, tmp)
         manifest = {
             "format": FORMAT_NAME,
@@ -76,10 +71,6 @@ def save_weights(model: VertebraeNet, path: str, trained: bool, description: str
             "description": description,
             "training": training or {},
         }
-        publish(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     write_text_atomic(manifest_path(path), json.dumps(manifest, indent=2) + "\n")
     return manifest
 

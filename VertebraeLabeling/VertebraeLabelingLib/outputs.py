@@ -9,6 +9,8 @@ import io
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Optional
 
 import numpy as np
@@ -23,30 +25,33 @@ MARKUPS_SCHEMA_URL = (
 )
 
 
-def publish(tmp: str, path: str) -> None:
-    """Move a finished temporary file onto ``path`` with ordinary permissions.
+@contextmanager
+def atomic_output(path: str) -> Iterator[str]:
+    """Yield a temporary file path next to ``path``; publish it onto ``path`` only if the block succeeds.
 
-    ``mkstemp`` creates files readable by their owner only; a result file should get the same
-    permissions as any file the user creates (0666 minus the umask).
+    Readers see either the old file or the complete new one, and a failure leaves no temporary file.
+    ``mkstemp`` creates files readable by their owner only, so the result gets the permissions of
+    any file the user creates (0666 minus the umask).
     """
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
-
-
-def write_text_atomic(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see either the old file or the complete new one."""
     folder = os.path.dirname(os.path.abspath(path)) or "."
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w", newline="") as handle:
-            handle.write(text)
-        publish(tmp, path)
+        yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (see :func:`atomic_output`)."""
+    with atomic_output(path) as tmp, open(tmp, "w", newline="") as handle:
+        handle.write(text)
 
 
 def markups_dict(result: Any, node_name: str = "Vertebrae", coordinate_system: str = "LPS") -> dict[str, Any]:

@@ -5,7 +5,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from .outputs import publish
+from .outputs import atomic_output
 from .preprocessing import to_canonical
 from .vertebrae import REGION_COLORS, region_of
 
@@ -49,17 +49,8 @@ def render_overview(image: sitk.Image, result: Any, path: str, title: str = "") 
     axes[1].set_title("coronal (MIP ±15 mm)")
     fig.suptitle(title or f"{len(result.vertebrae)} vertebrae labeled")
     fig.tight_layout()
-    import os
-    import tempfile
-
-    folder = os.path.dirname(os.path.abspath(path)) or "."
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, format="png")
-        publish(tmp, path)
+        with atomic_output(path) as tmp:
+            fig.savefig(tmp, format="png")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
