@@ -20,8 +20,7 @@ def bundled():
 
 @pytest.fixture(scope="module")
 def sample_result(sample_ct_path, bundled):
-    model, manifest = bundled
-    model.trained = manifest["trained"]
+    model, _ = bundled
     return label_ct(read_image(sample_ct_path), model=model, device="cpu")
 
 

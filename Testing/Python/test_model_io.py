@@ -17,6 +17,7 @@ def test_bundled_model_loads_and_says_whether_it_is_trained():
     model, manifest = load_model()
     assert isinstance(model, VertebraeNet) and not model.training
     assert isinstance(manifest["trained"], bool)
+    assert model.trained == manifest["trained"]  # label_ct warns from this
     assert len(manifest["sha256"]) == 64
 
 

@@ -48,9 +48,7 @@ PREVIOUS = "user's previous result\n"
 
 @pytest.fixture(scope="module")
 def model():
-    net, manifest = load_model()
-    net.trained = bool(manifest["trained"])
-    return net
+    return load_model()[0]
 
 
 @pytest.fixture(scope="module")

@@ -139,7 +139,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         image = read_image(args.ct_path)
         model, manifest = load_model(args.model, device="cpu")
-        model.trained = bool(manifest.get("trained", False))
         result = label_ct(image, model=model, device=args.device, progress=progress, stride=args.stride,
                           min_probability=args.min_probability, exhaustive=args.exhaustive)
         write_result(result, output, args.format, reference_image=image)

@@ -119,4 +119,6 @@ def load_model(path: Optional[str] = None, device: str = "cpu") -> tuple[Vertebr
     except (RuntimeError, TypeError, ValueError) as exc:
         raise ModelFileError(f"{path} does not fit the VertebraeLabeling network: {str(exc)[:300]}") from None
     model.eval()
+    # label_ct reads this to warn that an untrained placeholder's labels mean nothing.
+    model.trained = bool(manifest.get("trained", False))
     return model.to(device), manifest
