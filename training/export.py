@@ -29,7 +29,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     else:
         ckpt = torch.load(args.source, map_location="cpu", weights_only=True)
         widths = [int(w) for w in str(ckpt["config"]["widths"]).split(",")]
-        model = VertebraeNet(widths=widths)
+        model = VertebraeNet(widths=widths, heatmap_stride=int(ckpt["config"].get("heatmap_stride", 1)))
         model.load_state_dict(ckpt["model"])
         training_info = {"step": int(ckpt["step"]), "data": ckpt["config"].get("data"),
                          "best_val": float(ckpt["best_val"])}

@@ -74,13 +74,15 @@ def fixed_validation_set(spec: str, cases: int, crops_per_case: int, crop_shape,
     return items
 
 
-def evaluate_loss(model, items, device, balance: float) -> Dict[str, float]:
+def evaluate_loss(model, items, device, balance: float, heatmap_weight: float = 0.0) -> Dict[str, float]:
+    """Mean validation loss; ``total`` includes the heatmap term with the weight training uses."""
     model.eval()
-    totals = {"total": 0.0, "cls": 0.0, "reg": 0.0}
+    totals = {"total": 0.0, "cls": 0.0, "reg": 0.0, "heat": 0.0}
     with torch.no_grad():
         for crop, presence, coords in items:
             out = model(crop[None].to(device))
-            loss = vertebrae_loss(out, presence[None].to(device), coords[None].to(device), balance)
+            loss = vertebrae_loss(out, presence[None].to(device), coords[None].to(device), balance,
+                                  heatmap_weight=heatmap_weight, heatmap_stride=model.heatmap_stride)
             for k in totals:
                 totals[k] += float(loss[k]) / len(items)
     model.train()
@@ -101,8 +103,9 @@ def plot_log(log_path: str, png_path: str) -> None:
         return
     step = [int(r["step"]) for r in rows]
     fig, ax = plt.subplots(figsize=(7, 4))
-    for key, style in (("loss", "-"), ("cls", ":"), ("reg", "--")):
-        ax.plot(step, [float(r[key]) for r in rows], style, label=f"train {key}", alpha=0.8)
+    for key, style in (("loss", "-"), ("cls", ":"), ("reg", "--"), ("heat", "-.")):
+        if key in rows[0]:
+            ax.plot(step, [float(r[key]) for r in rows], style, label=f"train {key}", alpha=0.8)
     val = [(int(r["step"]), float(r["val_loss"])) for r in rows if r.get("val_loss")]
     if val:
         ax.plot(*zip(*val), "o-", label="validation loss")
@@ -126,6 +129,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--balance", type=float, default=3.0, help="B of the balanced BCE (paper: 2..4)")
     p.add_argument("--widths", default="8,16,32,64")
+    p.add_argument("--heatmap-stride", type=int, default=2, choices=(1, 2),
+                   help="heatmap voxel = this many input voxels (1: the paper's full resolution)")
+    p.add_argument("--heatmap-weight", type=float, default=1.0,
+                   help="weight of the Gaussian heatmap term added to the paper's loss (0: the paper's loss)")
     p.add_argument("--crop", default="104,80,80", help="crop shape D,H,W (multiples of 8)")
     p.add_argument("--workers", type=int, default=1, help="data-loading processes per rank")
     p.add_argument("--pool-size", type=int, default=8)
@@ -163,7 +170,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     widths = tuple(int(v) for v in args.widths.split(","))
     os.makedirs(args.run, exist_ok=True)
 
-    model = VertebraeNet(widths=widths).to(device)
+    model = VertebraeNet(widths=widths, heatmap_stride=args.heatmap_stride).to(device)
     if args.init:
         from VertebraeLabeling.VertebraeLabelingLib.model_io import load_model
 
@@ -203,10 +210,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     log_file = open(log_path, "w" if new_log else "a", newline="") if is_main else None
     writer = csv.writer(log_file) if log_file else None
     if writer and new_log:
-        writer.writerow(["step", "lr", "loss", "cls", "reg", "val_loss", "seconds"])
+        writer.writerow(["step", "lr", "loss", "cls", "reg", "heat", "val_loss", "seconds"])
     config = {k: v for k, v in vars(args).items()}
     t_start = time.time()
-    running = {"loss": 0.0, "cls": 0.0, "reg": 0.0}
+    running = {"loss": 0.0, "cls": 0.0, "reg": 0.0, "heat": 0.0}
     n_running = 0
     net.train()
     for crop, presence, coords in loader:
@@ -215,7 +222,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         crop, presence, coords = crop.to(device), presence.to(device), coords.to(device)
         with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
             out = net(crop)
-        loss = vertebrae_loss(out, presence, coords, args.balance)
+        loss = vertebrae_loss(out, presence, coords, args.balance, heatmap_weight=args.heatmap_weight,
+                              heatmap_stride=model.heatmap_stride)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss["total"]).backward()
         scaler.unscale_(optimizer)
@@ -226,16 +234,20 @@ def main(argv: Optional[List[str]] = None) -> int:
         running["loss"] += float(loss["total"].detach())
         running["cls"] += float(loss["cls"])
         running["reg"] += float(loss["reg"])
+        running["heat"] += float(loss["heat"])
         n_running += 1
         if is_main and (step % 10 == 0 or step == args.steps):
             elapsed = time.time() - t_start
             print(f"step {step}/{args.steps}  loss {running['loss'] / n_running:.3f} "
-                  f"(cls {running['cls'] / n_running:.3f}, reg {running['reg'] / n_running:.3f})  "
+                  f"(cls {running['cls'] / n_running:.3f}, reg {running['reg'] / n_running:.3f}, "
+                  f"heat {running['heat'] / n_running:.3f})  "
                   f"lr {optimizer.param_groups[0]['lr']:.2e}  {elapsed:.0f}s", flush=True)
         val_loss = None
         if step % args.val_every == 0 or step == args.steps:
             if is_main and val_items:
-                val_loss = evaluate_loss(model, val_items, device, args.balance)["total"]
+                val = evaluate_loss(model, val_items, device, args.balance, args.heatmap_weight)
+                val_loss = val["total"]
+                print(f"validation at step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in val.items()), flush=True)
             if world > 1:
                 t = torch.tensor([val_loss or 0.0], device=device)
                 dist.broadcast(t, 0)
@@ -245,9 +257,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         if is_main and (step % 10 == 0 or val_loss is not None):
             writer.writerow([step, optimizer.param_groups[0]["lr"], running["loss"] / max(n_running, 1),
                              running["cls"] / max(n_running, 1), running["reg"] / max(n_running, 1),
+                             running["heat"] / max(n_running, 1),
                              "" if val_loss is None else f"{val_loss:.5f}", f"{time.time() - t_start:.1f}"])
             log_file.flush()
-            running = {"loss": 0.0, "cls": 0.0, "reg": 0.0}
+            running = {"loss": 0.0, "cls": 0.0, "reg": 0.0, "heat": 0.0}
             n_running = 0
         if is_main and val_loss is not None and val_loss < best_val:
             best_val = val_loss

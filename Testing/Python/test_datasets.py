@@ -173,6 +173,17 @@ def test_reorientation_helpers_are_inverse():
         np.testing.assert_allclose(back, p, atol=1e-9)
 
 
+def test_a_45_degree_oblique_grid_still_gets_three_axis_codes():
+    """Axes exactly between two LPS axes must not make the VerSe output or reader fail."""
+    c = 2 ** -0.5
+    geometry = ImageGeometry.of(small_image(direction=(c, -c, 0, c, c, 0, 0, 0, 1)))
+    codes = geometry.axcodes()
+    assert len({letter in "LR" for letter in codes[:2]}) == 2 and codes[2] == "S"
+    p = np.array([3.0, -7.0, 11.0])
+    back = reoriented_voxel_to_lps(lps_to_reoriented_voxel(p, geometry, ("P", "I", "R")), geometry, ("P", "I", "R"))
+    np.testing.assert_allclose(back, p, atol=1e-9)
+
+
 def test_verse_reader_agrees_with_core_writer(tmp_path):
     outputs = pytest.importorskip("VertebraeLabeling.VertebraeLabelingLib.outputs")
     inference = pytest.importorskip("VertebraeLabeling.VertebraeLabelingLib.inference")

@@ -1,5 +1,6 @@
 """The network: shapes, integral regression and its gradients."""
 
+import pytest
 import torch
 
 from VertebraeLabeling.VertebraeLabelingLib.network import VertebraeNet, integral_regression
@@ -28,14 +29,15 @@ def test_integral_regression_gradient_moves_the_estimate_towards_the_target():
     assert torch.norm(moved - target) < torch.norm(coords.detach() - target)
 
 
-def test_network_outputs_and_end_to_end_gradients():
+@pytest.mark.parametrize("stride", [1, 2])
+def test_network_outputs_and_end_to_end_gradients(stride):
     torch.manual_seed(0)
-    net = VertebraeNet(widths=(4, 8, 8, 16))
+    net = VertebraeNet(widths=(4, 8, 8, 16), heatmap_stride=stride)
     x = torch.randn(2, 1, 32, 24, 16)
     out = net(x)
     assert out["logits"].shape == (2, 26)
     assert out["coords"].shape == (2, 26, 3)
-    assert out["heatmaps"].shape == (2, 26, 32, 24, 16)
+    assert out["heatmaps"].shape == (2, 26, 32 // stride, 24 // stride, 16 // stride)
     c = out["coords"]
     assert (c >= 0).all() and (c[..., 0] <= 31).all() and (c[..., 1] <= 23).all() and (c[..., 2] <= 15).all()
     (out["coords"].sum() + out["logits"].sum()).backward()
@@ -49,3 +51,18 @@ def test_residual_modules_and_groupnorm_as_in_the_paper():
     assert norms and all(m.num_groups == 4 for m in norms)
     lstm = net.classifier.lstm
     assert lstm.num_layers == 3 and lstm.bidirectional and lstm.hidden_size == 128
+
+
+def test_half_resolution_heatmaps_give_block_voxel_coordinates():
+    """A 4 mm heatmap peak at voxel v means block voxel 2v + 0.5, the centre of the 2×2×2 it pools."""
+    net = VertebraeNet(widths=(4, 8, 8, 16), heatmap_stride=2).eval()
+    peak = torch.full((1, 26, 16, 12, 8), -50.0)
+    peak[0, :, 5, 3, 2] = 50.0
+    with torch.no_grad():
+        net.head[1].weight.zero_()
+        net.head[1].bias.zero_()
+        # Replace the head's output by the known peak to test only the coordinate mapping.
+        hook = net.head[1].register_forward_hook(lambda module, args, output: peak)
+        out = net(torch.randn(1, 1, 32, 24, 16))
+        hook.remove()
+    assert torch.allclose(out["coords"][0, 0], torch.tensor([10.5, 6.5, 4.5]), atol=1e-4)

@@ -3,7 +3,7 @@
 A weights file ``NAME.pt`` always travels with ``NAME.json``::
 
     {"format": "vertebrae-labeling-weights", "format_version": 1, "sha256": "...",
-     "widths": [8, 16, 32, 64], "trained": true, "description": "...", "training": {...}}
+     "widths": [8, 16, 32, 64], "heatmap_stride": 2, "trained": true, "description": "...", "training": {...}}
 
 Loading checks the checksum *before* unpickling anything and then uses
 ``torch.load(weights_only=True)``, so a tampered or foreign file is refused without running code.
@@ -67,6 +67,7 @@ def save_weights(model: VertebraeNet, path: str, trained: bool, description: str
             "format_version": FORMAT_VERSION,
             "sha256": sha256_of(tmp),
             "widths": list(model.widths),
+            "heatmap_stride": int(model.heatmap_stride),
             "trained": bool(trained),
             "description": description,
             "training": training or {},
@@ -114,7 +115,9 @@ def load_model(path: Optional[str] = None, device: str = "cpu") -> tuple[Vertebr
     if not isinstance(state, dict):
         raise ModelFileError(f"{path} does not hold a state dict.")
     try:
-        model = VertebraeNet(widths=manifest.get("widths", (8, 16, 32, 64)))
+        # Weights from before the field existed decode to full resolution, the paper's layout.
+        model = VertebraeNet(widths=manifest.get("widths", (8, 16, 32, 64)),
+                             heatmap_stride=int(manifest.get("heatmap_stride", 1)))
         model.load_state_dict(state, strict=True)
     except (RuntimeError, TypeError, ValueError) as exc:
         raise ModelFileError(f"{path} does not fit the VertebraeLabeling network: {str(exc)[:300]}") from None

@@ -16,7 +16,11 @@ from typing import Any, Optional
 import numpy as np
 import SimpleITK as sitk
 
+from .orientation import ImageGeometry, lps_to_reoriented_voxel, reoriented_voxel_to_lps
 from .vertebrae import REGION_COLORS, VERSE_ID, region_of
+
+#: VerSe 2020 subject-based centroid files: voxel indices of the image reoriented to P, I, R.
+VERSE_AXES = ("P", "I", "R")
 
 #: The ``@schema`` URL Slicer itself writes; Slicer accepts any URL ending in markups-schema-v1.x.y.json#.
 MARKUPS_SCHEMA_URL = (
@@ -110,32 +114,14 @@ def write_markups_json(result: Any, path: str, node_name: str = "Vertebrae", coo
     write_text_atomic(path, json.dumps(markups_dict(result, node_name, coordinate_system), indent=2) + "\n")
 
 
-def _pir_axes(image: sitk.Image):
-    """For each of P, I, R: (image axis, sign) of the image axis closest to it (VerSe's PIR convention)."""
-    direction = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)  # columns = image axes in LPS
-    targets = {"P": np.array([0, 1.0, 0]), "I": np.array([0, 0, -1.0]), "R": np.array([-1.0, 0, 0])}
-    out = []
-    for code in "PIR":
-        dots = targets[code] @ direction  # dot with each image axis
-        axis = int(np.argmax(np.abs(dots)))
-        out.append((axis, 1.0 if dots[axis] > 0 else -1.0))
-    return out
-
-
 def lps_to_verse(position_lps: np.ndarray, image: sitk.Image) -> list[float]:
     """LPS mm → VerSe 2020 ``_ctd.json`` coordinates: voxel units of ``image`` reoriented to PIR."""
-    idx = np.asarray(image.TransformPhysicalPointToContinuousIndex(tuple(float(v) for v in position_lps)))
-    size = np.asarray(image.GetSize(), dtype=float)
-    return [float(idx[a] if s > 0 else size[a] - 1 - idx[a]) for a, s in _pir_axes(image)]
+    return [float(v) for v in lps_to_reoriented_voxel(position_lps, ImageGeometry.of(image), VERSE_AXES)]
 
 
 def verse_to_lps(xyz: list[float], image: sitk.Image) -> np.ndarray:
     """Inverse of :func:`lps_to_verse`."""
-    size = np.asarray(image.GetSize(), dtype=float)
-    idx = np.zeros(3)
-    for value, (a, s) in zip(xyz, _pir_axes(image)):
-        idx[a] = value if s > 0 else size[a] - 1 - value
-    return np.asarray(image.TransformContinuousIndexToPhysicalPoint(tuple(float(v) for v in idx)))
+    return reoriented_voxel_to_lps(xyz, ImageGeometry.of(image), VERSE_AXES)
 
 
 def verse_list(result: Any, reference_image: sitk.Image) -> list[dict[str, Any]]:
