@@ -31,6 +31,23 @@ def test_save_and_load_round_trip(tmp_path):
         assert torch.equal(a, b), k
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+def test_heatmap_resolution_travels_with_the_weights(tmp_path, stride):
+    path = str(tmp_path / "m.pt")
+    save_weights(VertebraeNet(widths=(4, 8, 8, 16), heatmap_stride=stride), path, trained=True)
+    assert load_model(path)[0].heatmap_stride == stride
+
+
+def test_weights_from_before_the_heatmap_stride_field_load_at_full_resolution(tmp_path):
+    path = str(tmp_path / "m.pt")
+    save_weights(VertebraeNet(widths=(4, 8, 8, 16), heatmap_stride=1), path, trained=True)
+    manifest = read_manifest(path)
+    del manifest["heatmap_stride"]
+    with open(os.path.splitext(path)[0] + ".json", "w") as fh:
+        json.dump(manifest, fh)
+    assert load_model(path)[0].heatmap_stride == 1
+
+
 def test_tampered_weights_are_refused(tmp_path):
     path = str(tmp_path / "m.pt")
     save_weights(VertebraeNet(widths=(4, 8, 8, 16)), path, trained=True)
