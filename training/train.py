@@ -170,19 +170,29 @@ def main(argv: Optional[List[str]] = None) -> int:
     widths = tuple(int(v) for v in args.widths.split(","))
     os.makedirs(args.run, exist_ok=True)
 
-    model = VertebraeNet(widths=widths, heatmap_stride=args.heatmap_stride).to(device)
-    if args.init:
+    ckpt_path = os.path.join(args.run, "last.pt")
+    ckpt = None
+    if args.resume and os.path.exists(ckpt_path):
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
+        # A resumed run keeps the architecture it was started with, whatever today's defaults are.
+        old = ckpt.get("config", {})
+        widths = tuple(int(v) for v in str(old.get("widths", args.widths)).split(","))
+        args.heatmap_stride = int(old.get("heatmap_stride", 1))
+    init_model = None
+    if args.init and ckpt is None:
         from VertebraeLabeling.VertebraeLabelingLib.model_io import load_model
 
         init_model, _ = load_model(args.init)
+        widths, args.heatmap_stride = init_model.widths, init_model.heatmap_stride
+        args.widths = ",".join(str(w) for w in widths)
+    model = VertebraeNet(widths=widths, heatmap_stride=args.heatmap_stride).to(device)
+    if init_model is not None:
         model.load_state_dict(init_model.state_dict())
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.4, patience=args.patience,
                                                            min_lr=1e-6)
     step, best_val = 0, math.inf
-    ckpt_path = os.path.join(args.run, "last.pt")
-    if args.resume and os.path.exists(ckpt_path):
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
+    if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])

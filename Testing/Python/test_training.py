@@ -1,0 +1,141 @@
+"""A researcher's story: train a few steps on synthetic crops, resume, export, and label with the result.
+
+Tiny crops and a tiny network keep this to seconds; long training never runs in CI.
+"""
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from training import export as export_cli
+from training import train as train_cli
+from training.crops import crop_targets, make_crop
+from training.loss import heatmap_kl, vertebrae_loss
+from training.prepared import PreparedCase
+from VertebraeLabeling.VertebraeLabelingLib.model_io import load_model
+from VertebraeLabeling.VertebraeLabelingLib.network import VertebraeNet
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TINY = ["--data", "synthetic", "--widths", "4,8,8,16", "--crop", "32,24,24", "--workers", "0",
+        "--pool-size", "1", "--refresh-every", "1000", "--val-cases", "1", "--threads", "1"]
+
+
+def _case() -> PreparedCase:
+    cents = np.full((26, 3), np.nan, dtype=np.float32)
+    cents[20] = (10.0, 12.0, 12.0)  # L2
+    cents[21] = (40.0, 12.0, 12.0)  # L3, outside a 32-slice crop starting at 0
+    return PreparedCase(volume=np.zeros((64, 24, 24), np.float16), centroids=cents)
+
+
+def test_crop_targets_name_only_vertebrae_whose_centroid_is_inside():
+    presence, coords = crop_targets(_case(), (0, 0, 0), (32, 24, 24))
+    assert presence[20] == 1 and presence[21] == 0 and presence.sum() == 1
+    np.testing.assert_allclose(coords[20], (10, 12, 12))
+    assert not coords[21].any()
+
+
+def test_mirror_augmentation_moves_the_target_with_the_image():
+    case = _case()
+    case.volume[10, 12, 3] = 5.0  # a bright voxel at the L2 level, left of centre
+    case.centroids[20] = (10.0, 12.0, 3.0)
+    seen_mirrored = False
+    for seed in range(20):
+        crop, presence, coords = make_crop(case, np.random.default_rng(seed), (32, 24, 24), start=(0, 0, 0))
+        k, j, i = np.unravel_index(np.argmax(crop[0]), crop[0].shape)
+        assert abs(i - coords[20, 2]) < 1e-4  # the target follows the voxel, mirrored or not
+        seen_mirrored |= i != 3
+    assert seen_mirrored
+
+
+def test_the_papers_loss_ignores_the_coordinates_of_absent_vertebrae():
+    logits = torch.zeros(1, 26)
+    presence = torch.zeros(1, 26)
+    presence[0, 3] = 1
+    target = torch.zeros(1, 26, 3)
+    target[0, 3] = torch.tensor([5.0, 6.0, 7.0])
+    good = torch.zeros(1, 26, 3)
+    good[0, 3] = target[0, 3]
+    good[0, 10] = 99.0  # wildly wrong, but vertebra 10 is absent
+    loss = vertebrae_loss({"logits": logits, "coords": good}, presence, target)
+    assert float(loss["reg"]) == 0.0
+    bad = good.clone()
+    bad[0, 3, 0] += 3.0
+    assert float(vertebrae_loss({"logits": logits, "coords": bad}, presence, target)["reg"]) > 0
+
+
+def test_heatmap_term_is_zero_at_the_target_and_positive_elsewhere():
+    from training.loss import _gaussian_1d
+
+    coords = torch.tensor([[[9.5, 6.0, 4.5]]])
+    presence = torch.ones(1, 1)
+    centre = (coords - 0.5) / 2
+    g = [_gaussian_1d(centre[..., a], n, 1.0) for a, n in enumerate((16, 12, 8))]
+    perfect = torch.log(torch.einsum("bnd,bnh,bnw->bndhw", *g).clamp_min(1e-30))
+    assert abs(float(heatmap_kl(perfect, coords, presence, stride=2))) < 1e-4
+    assert float(heatmap_kl(torch.zeros(1, 1, 16, 12, 8), coords, presence, stride=2)) > 1.0
+    assert float(heatmap_kl(torch.zeros(1, 1, 16, 12, 8), coords, torch.zeros(1, 1), stride=2)) == 0.0
+
+
+def test_train_resume_export_and_label(tmp_path, sample_ct_path):
+    run = str(tmp_path / "run")
+    assert train_cli.main(TINY + ["--run-dir", run, "--steps", "4", "--val-every", "2", "--save-every", "2"]) == 0
+    for name in ("last.pt", "best.pt", "best.json", "log.csv"):
+        assert os.path.exists(os.path.join(run, name)), name
+    rows = list(csv.DictReader(open(os.path.join(run, "log.csv"))))
+    assert [r["val_loss"] != "" for r in rows if int(r["step"]) in (2, 4)] == [True, True]
+    assert all(np.isfinite(float(r["loss"])) for r in rows)
+    before = torch.load(os.path.join(run, "last.pt"), weights_only=True)
+
+    # Resume: the step counter continues and the weights move on from where they were.
+    assert train_cli.main(TINY + ["--run-dir", run, "--steps", "6", "--val-every", "2", "--save-every", "2",
+                                  "--resume"]) == 0
+    after = torch.load(os.path.join(run, "last.pt"), weights_only=True)
+    assert before["step"] == 4 and after["step"] == 6
+    assert any(not torch.equal(before["model"][k], after["model"][k]) for k in before["model"])
+
+    # Export to a file the core loads (checksum verified), then label the real sample CT with it.
+    out = str(tmp_path / "exported.pt")
+    assert export_cli.main([os.path.join(run, "last.pt"), "--to", out]) == 0
+    model, manifest = load_model(out)
+    assert manifest["trained"] and manifest["widths"] == [4, 8, 8, 16] and model.heatmap_stride == 2
+    from VertebraeLabeling.VertebraeLabelingLib.inference import label_file
+
+    result = label_file(sample_ct_path, model=model)
+    assert result is not None  # tiny and barely trained: only that the whole chain runs
+
+
+def test_a_resumed_run_keeps_its_architecture(tmp_path):
+    """Old runs (full-resolution heatmaps) still resume after the default changed."""
+    run = str(tmp_path / "old")
+    assert train_cli.main(TINY + ["--run-dir", run, "--steps", "1", "--val-every", "1", "--save-every", "1",
+                                  "--heatmap-stride", "1"]) == 0
+    ckpt = torch.load(os.path.join(run, "last.pt"), weights_only=True)
+    del ckpt["config"]["heatmap_stride"]  # as written before the option existed
+    torch.save(ckpt, os.path.join(run, "last.pt"))
+    assert train_cli.main(TINY + ["--run-dir", run, "--steps", "2", "--val-every", "1", "--save-every", "1",
+                                  "--resume"]) == 0
+    assert torch.load(os.path.join(run, "last.pt"), weights_only=True)["step"] == 2
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None and not os.path.exists(os.path.join(
+    os.path.dirname(sys.executable), "torchrun")), reason="torchrun not installed")
+def test_distributed_data_parallel_with_two_cpu_processes(tmp_path):
+    """PyTorch's own DDP (gloo on CPU) via torchrun: both ranks step together and rank 0 writes."""
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    torchrun = torchrun if os.path.exists(torchrun) else shutil.which("torchrun")
+    run = str(tmp_path / "ddp")
+    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "training.train"] + TINY + [
+        "--run-dir", run, "--steps", "2", "--val-every", "2", "--save-every", "2"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpt = torch.load(os.path.join(run, "last.pt"), weights_only=True)
+    assert ckpt["step"] == 2
+    net = VertebraeNet(widths=(4, 8, 8, 16))
+    net.load_state_dict(ckpt["model"])  # saved unwrapped, without DDP's "module." prefix
