@@ -118,6 +118,27 @@ def plot_log(log_path: str, png_path: str) -> None:
     plt.close(fig)
 
 
+def init_from(model: VertebraeNet, path: str) -> List[str]:
+    """Copy into ``model`` every tensor of ``path`` whose name and shape match; return the modules left as they were.
+
+    ``path`` is exported weights (checksum verified against their manifest) or a training checkpoint
+    (``RUN_DIR/last.pt``). Partial loading is what lets a run start from a model whose architecture
+    differs in one branch (the rest keeps what it learnt).
+    """
+    from VertebraeLabeling.VertebraeLabelingLib.model_io import manifest_path, read_manifest, sha256_of
+
+    if os.path.exists(manifest_path(path)):
+        if sha256_of(path) != read_manifest(path).get("sha256"):
+            raise ValueError(f"checksum mismatch for {path}")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)["model"]
+    own = model.state_dict()
+    matching = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(matching, strict=False)
+    return sorted({k.rsplit(".", 1)[0] for k in own if k not in matching})
+
+
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default="synthetic", help="synthetic | verse:DIR | csi:DIR | labelmap:DIR")
@@ -144,7 +165,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt if it exists")
-    p.add_argument("--init", help="start from these weights (.pt with manifest)")
+    p.add_argument("--init", help="start from these weights (exported .pt with manifest, or a RUN_DIR/last.pt); "
+                                  "tensors whose name and shape match are copied, the rest keep their random init")
     p.add_argument("--patience", type=int, default=5, help="validations without improvement before LR × 0.4")
     return p.parse_args(argv)
 
@@ -178,16 +200,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         old = ckpt.get("config", {})
         widths = tuple(int(v) for v in str(old.get("widths", args.widths)).split(","))
         args.heatmap_stride = int(old.get("heatmap_stride", 1))
-    init_model = None
-    if args.init and ckpt is None:
-        from VertebraeLabeling.VertebraeLabelingLib.model_io import load_model
-
-        init_model, _ = load_model(args.init)
-        widths, args.heatmap_stride = init_model.widths, init_model.heatmap_stride
-        args.widths = ",".join(str(w) for w in widths)
     model = VertebraeNet(widths=widths, heatmap_stride=args.heatmap_stride).to(device)
-    if init_model is not None:
-        model.load_state_dict(init_model.state_dict())
+    if args.init and ckpt is None:
+        reinitialised = init_from(model, args.init)
+        if is_main:
+            print(f"initialised from {args.init}; kept at random init: {', '.join(reinitialised) or 'nothing'}",
+                  flush=True)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.4, patience=args.patience,
                                                            min_lr=1e-6)

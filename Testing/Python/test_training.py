@@ -139,3 +139,15 @@ def test_distributed_data_parallel_with_two_cpu_processes(tmp_path):
     assert ckpt["step"] == 2
     net = VertebraeNet(widths=(4, 8, 8, 16))
     net.load_state_dict(ckpt["model"])  # saved unwrapped, without DDP's "module." prefix
+
+
+def test_init_copies_matching_tensors_and_names_what_stays_random(tmp_path):
+    source = VertebraeNet(widths=(4, 8, 8, 16))
+    state = {k: v for k, v in source.state_dict().items() if not k.startswith("classifier.")}
+    path = str(tmp_path / "trunk.pt")
+    torch.save({"model": state}, path)
+    target = VertebraeNet(widths=(4, 8, 8, 16))
+    kept = train_cli.init_from(target, path)
+    assert kept and all(name.startswith("classifier.") for name in kept)
+    assert torch.equal(target.stem[0].weight, source.stem[0].weight)
+    assert not torch.equal(target.classifier.fc.weight, source.classifier.fc.weight)
