@@ -288,3 +288,30 @@ def test_parse_spec_and_errors(tmp_path):
     with pytest.raises(FileNotFoundError):
         load_dataset(f"verse:{tmp_path / 'missing'}")
     assert load_dataset(f"labelmap:{tmp_path}") == []
+
+
+def test_body_centres_from_a_synthetic_mask_match_the_generators_truth():
+    """The generator knows each body centre exactly; the mask-based estimate must find it (lumbar/thoracic)."""
+    from training.datasets.labelmap import body_centres
+    from training.synthetic import generate_case
+    from VertebraeLabeling.VertebraeLabelingLib.vertebrae import VERTEBRA_NAMES
+
+    case = generate_case(700002, spacing=(1.5, 1.5, 1.5), with_labels=True)
+    names = [n for n in case.centroids if n[0] in "TL"]
+    assert len(names) >= 3
+    got = body_centres(case.labels, [VERTEBRA_NAMES.index(n) + 1 for n in names])
+    errors = [np.linalg.norm(got[VERTEBRA_NAMES.index(n) + 1] - case.centroids[n])
+              for n in names if VERTEBRA_NAMES.index(n) + 1 in got]
+    assert len(errors) >= len(names) - 1 and np.median(errors) < 1.5 and max(errors) < 5.0
+
+
+def test_real_case_body_centres_lie_in_front_of_the_centres_of_mass():
+    folder = os.path.join(SHARED, "ts_example_ct")
+    if not os.path.isdir(folder):
+        pytest.skip("shared data not available")
+    mass = load_dataset(f"labelmap:{folder}")[0].centroids
+    body = load_dataset(f"labelmap:{folder}?centre=body")[0].centroids
+    for name in ("L1", "L2", "L3", "L4", "L5", "S1"):
+        shift = body[name] - mass[name]
+        assert -15.0 < shift[1] < -6.0, (name, shift)  # anterior (−P) by about a body's half-depth
+        assert abs(shift[0]) < 3.0

@@ -6,7 +6,8 @@
 - ``verse:PATH``    VerSe 2019/2020, any release layout (``convention=auto|subject|miccai2019|miccai2020``)
 - ``csi:PATH``      CSI 2014 / SpineWeb NIfTI + ``.lml`` (``frame=image_mm|lps|ras``)
 - ``labelmap:PATH`` a CT + multi-label map per folder (``seg=GLOB``, ``map=auto|ts|verse``,
-  ``sacrum_as_s2=1``)
+  ``sacrum_as_s2=1``, ``centre=mass|body``: whole-vertebra centre of mass, or the vertebral body centre
+  estimated from the mask, the convention of VerSe, CSI and the generator)
 
 All centroids are LPS mm; only the 26 network labels C1..S2 are kept.
 """
@@ -64,7 +65,7 @@ def load_dataset(spec: str) -> List[AnnotatedCase]:
     kind, path, options = parse_spec(spec)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{kind}: no such file or folder: {path}")
-    allowed = {"verse": {"convention"}, "csi": {"frame"}, "labelmap": {"seg", "map", "sacrum_as_s2"}}[kind]
+    allowed = {"verse": {"convention"}, "csi": {"frame"}, "labelmap": {"seg", "map", "sacrum_as_s2", "centre"}}[kind]
     unknown = set(options) - allowed
     if unknown:
         raise ValueError(f"{kind}: unknown option(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
@@ -76,4 +77,5 @@ def load_dataset(spec: str) -> List[AnnotatedCase]:
     if id_map is None:
         raise ValueError(f"labelmap: map must be one of {sorted(_MAP_ALIASES)}")
     return find_labelmap_cases(path, seg=options.get("seg"), id_map=id_map,
-                               sacrum_as_s2=_flag(options.get("sacrum_as_s2", "0")))
+                               sacrum_as_s2=_flag(options.get("sacrum_as_s2", "0")),
+                               centre=options.get("centre", "mass"))

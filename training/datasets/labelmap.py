@@ -45,9 +45,9 @@ def guess_id_map(label_ids: np.ndarray) -> str:
 
 
 def label_centroids(labels: sitk.Image, id_map: str = "auto", sacrum_as_s2: bool = False,
-                    min_volume_mm3: float = 50.0, notes: Optional[List[str]] = None,
+                    min_volume_mm3: float = 50.0, notes: Optional[List[str]] = None, centre: str = "mass",
                     ) -> Tuple[Dict[str, np.ndarray], List[str]]:
-    """Centre of mass (LPS mm) of each vertebra label; returns (centroids, partial names).
+    """Centre (LPS mm) of each vertebra label; returns (centroids, partial names).
 
     Args:
         labels: an integer label image (any geometry: positions come from its own header).
@@ -55,6 +55,8 @@ def label_centroids(labels: sitk.Image, id_map: str = "auto", sacrum_as_s2: bool
         sacrum_as_s2: use TotalSegmentator's "sacrum" (S2..S5) centre of mass as S2.
         min_volume_mm3: labels smaller than this are taken for stray voxels and ignored.
         notes: receives one line per dropped label and the id map used.
+        centre: "mass" (centre of mass of the whole vertebra) or "body" (:func:`body_centres`, the
+            convention of VerSe, CSI and our generator; labels without a found canal keep their centre of mass).
 
     A vertebra is *partial* when its label touches the first or last voxel along any axis.
     """
@@ -82,8 +84,13 @@ def label_centroids(labels: sitk.Image, id_map: str = "auto", sacrum_as_s2: bool
                | (zz == 0) | (zz == size[2] - 1))
     edge_counts = np.bincount(values, weights=on_edge.astype(np.float64), minlength=top)
     voxel_mm3 = float(np.prod(geometry.spacing))
+    if centre not in ("mass", "body"):
+        raise ValueError(f"centre must be 'mass' or 'body', not {centre!r}")
+    bodies = body_centres(labels, wanted.tolist()) if centre == "body" else {}
 
     named: Dict[str, np.ndarray] = {}
+    mass: Dict[str, np.ndarray] = {}
+    with_body = set()
     partial: List[str] = []
     for label in wanted.tolist():
         name = table[label]
@@ -97,11 +104,70 @@ def label_centroids(labels: sitk.Image, id_map: str = "auto", sacrum_as_s2: bool
             name = "S2"
             notes.append(f"label {label} (TotalSegmentator sacrum): centre of mass used as S2")
         index = np.array([s[label] for s in sums]) / counts[label]
-        named[name] = geometry.index_to_lps(index)
+        mass[name] = named[name] = geometry.index_to_lps(index)
+        if label in bodies:
+            named[name] = bodies[label]
+            with_body.add(name)
         if edge_counts[label] > 0:
             partial.append(name)
+    if centre == "body":
+        # Where no canal closes (an open arch at a coarse slice spacing), shift the centre of mass by the
+        # median body-minus-mass offset of the labels where one did; C1 has no body and keeps its own.
+        offsets = [named[n] - mass[n] for n in with_body]
+        for name in sorted(set(named) - with_body):
+            if len(offsets) >= 2 and name != "C1":
+                named[name] = mass[name] + np.median(offsets, axis=0)
+                notes.append(f"{name}: no spinal canal found; centre of mass + median body offset of the others")
+            else:
+                notes.append(f"{name}: no spinal canal found; centre of mass kept")
     centroids = order_by_spine(keep_known(named, notes, "label map"))
     return centroids, [n for n in partial if n in centroids]
+
+
+#: Holes smaller than this (mm², in one axial slice) are not the spinal canal.
+MIN_CANAL_AREA_MM2 = 20.0
+
+
+def body_centres(labels: sitk.Image, label_ids: List[int]) -> Dict[int, np.ndarray]:
+    """Vertebral *body* centre (LPS mm) of each label, estimated from its mask: what VerSe and CSI annotate.
+
+    In each axial slice the spinal canal is the largest hole the vertebra's mask encloses; the body is the
+    part of the mask anterior to the canal's front wall (slices whose arch is open use the median front
+    wall of the others). Labels in which no canal is found (C1 has no body; a cut vertebra may show no
+    closed arch) are left out, and the caller keeps their centre of mass.
+    """
+    from scipy import ndimage
+
+    oriented = sitk.DICOMOrient(labels, "LPS")  # voxel axes run towards L, P, S: array (S, P, L)
+    geometry = ImageGeometry.of(oriented)
+    arr = sitk.GetArrayViewFromImage(oriented)
+    pixel_mm2 = geometry.spacing[0] * geometry.spacing[1]
+    out: Dict[int, np.ndarray] = {}
+    for label in label_ids:
+        zz, yy, xx = np.nonzero(arr == label)
+        if zz.size == 0:
+            continue
+        z0, y0, x0 = zz.min(), yy.min(), xx.min()
+        mask = np.asarray(arr[z0:zz.max() + 1, y0:yy.max() + 1, x0:xx.max() + 1]) == label
+        fronts: Dict[int, int] = {}
+        for k in range(mask.shape[0]):
+            holes, n = ndimage.label(ndimage.binary_fill_holes(mask[k]) & ~mask[k])
+            if n == 0:
+                continue
+            sizes = np.bincount(holes.ravel())[1:]
+            biggest = int(np.argmax(sizes)) + 1
+            if sizes[biggest - 1] * pixel_mm2 >= MIN_CANAL_AREA_MM2:
+                fronts[k] = int(np.nonzero(holes == biggest)[0].min())  # smallest P index = front wall
+        if not fronts:
+            continue
+        default = int(np.median(list(fronts.values())))
+        limit = np.array([fronts.get(k, default) for k in range(mask.shape[0])])
+        kk, jj, ii = np.nonzero(mask & (np.arange(mask.shape[1])[None, :, None] < limit[:, None, None]))
+        if kk.size == 0:
+            continue
+        index = np.array([ii.mean() + x0, jj.mean() + y0, kk.mean() + z0])
+        out[label] = geometry.index_to_lps(index)
+    return out
 
 
 _IMAGE_EXTS = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
@@ -143,7 +209,8 @@ def _find_labels(folder: str, pattern: Optional[str]) -> Optional[str]:
 
 
 def case_from_folder(folder: str, seg: Optional[str] = None, id_map: str = "auto",
-                     sacrum_as_s2: bool = False, case_id: Optional[str] = None) -> Optional[AnnotatedCase]:
+                     sacrum_as_s2: bool = False, case_id: Optional[str] = None,
+                     centre: str = "mass") -> Optional[AnnotatedCase]:
     """The case in ``folder`` (a CT file or DICOM folder, plus a label map), or None.
 
     ``seg`` is a file-name pattern (``fnmatch``) picking the label map when several are there.
@@ -154,29 +221,30 @@ def case_from_folder(folder: str, seg: Optional[str] = None, id_map: str = "auto
         return None
     notes = [f"ground truth from {os.path.basename(label_path)}"]
     centroids, partial = label_centroids(read_image(label_path), id_map=id_map,
-                                         sacrum_as_s2=sacrum_as_s2, notes=notes)
+                                         sacrum_as_s2=sacrum_as_s2, notes=notes, centre=centre)
     return AnnotatedCase(case_id=case_id or os.path.basename(os.path.normpath(folder)), image_path=image,
                          centroids=centroids, notes=notes, partial=partial, source="labelmap")
 
 
 def find_labelmap_cases(root: str, seg: Optional[str] = None, id_map: str = "auto",
-                        sacrum_as_s2: bool = False) -> List[AnnotatedCase]:
+                        sacrum_as_s2: bool = False, centre: str = "mass") -> List[AnnotatedCase]:
     """Cases under ``root``: the folder itself if it is a case, else each sub-folder that is.
 
     ``root`` may also be a label-map file; the CT is then looked for beside it.
     """
     if os.path.isfile(root):
         folder = os.path.dirname(os.path.abspath(root))
-        case = case_from_folder(folder, seg=os.path.basename(root), id_map=id_map, sacrum_as_s2=sacrum_as_s2)
+        case = case_from_folder(folder, seg=os.path.basename(root), id_map=id_map, sacrum_as_s2=sacrum_as_s2,
+                                centre=centre)
         return [case] if case else []
-    case = case_from_folder(root, seg=seg, id_map=id_map, sacrum_as_s2=sacrum_as_s2)
+    case = case_from_folder(root, seg=seg, id_map=id_map, sacrum_as_s2=sacrum_as_s2, centre=centre)
     if case is not None:
         return [case]
     cases = []
     for name in sorted(os.listdir(root)):
         path = os.path.join(root, name)
         if os.path.isdir(path):
-            sub = case_from_folder(path, seg=seg, id_map=id_map, sacrum_as_s2=sacrum_as_s2)
+            sub = case_from_folder(path, seg=seg, id_map=id_map, sacrum_as_s2=sacrum_as_s2, centre=centre)
             if sub is not None:
                 cases.append(sub)
     return cases
