@@ -165,6 +165,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt if it exists")
+    p.add_argument("--set-lr", type=float, help="with --resume: continue at this learning rate (a manual step "
+                                                  "down when a run cannot wait for the plateau scheduler)")
     p.add_argument("--init", help="start from these weights (exported .pt with manifest, or a RUN_DIR/last.pt); "
                                   "tensors whose name and shape match are copied, the rest keep their random init")
     p.add_argument("--patience", type=int, default=5, help="validations without improvement before LR × 0.4")
@@ -215,6 +217,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         step, best_val = int(ckpt["step"]), float(ckpt["best_val"])
+        if args.set_lr:
+            for group in optimizer.param_groups:
+                group["lr"] = args.set_lr
         if is_main:
             print(f"resumed from {ckpt_path} at step {step}", flush=True)
     net = model

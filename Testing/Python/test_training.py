@@ -97,6 +97,10 @@ def test_train_resume_export_and_label(tmp_path, sample_ct_path):
                                   "--resume"]) == 0
     after = torch.load(os.path.join(run, "last.pt"), weights_only=True)
     assert before["step"] == 4 and after["step"] == 6
+    assert train_cli.main(TINY + ["--run-dir", run, "--steps", "7", "--val-every", "2", "--save-every", "1",
+                                  "--resume", "--set-lr", "0.0005"]) == 0
+    stepped = torch.load(os.path.join(run, "last.pt"), weights_only=True)
+    assert stepped["optimizer"]["param_groups"][0]["lr"] == 0.0005
     assert any(not torch.equal(before["model"][k], after["model"][k]) for k in before["model"])
 
     # Export to a file the core loads (checksum verified), then label the real sample CT with it.
