@@ -38,6 +38,18 @@ def sample_annotation_lps():
     return out
 
 
+@pytest.fixture(scope="session")
+def sample_body_centres_lps():
+    """Whole vertebrae of the sample CT at their vertebral *body* centres (the convention the network is
+    trained on, VerSe's and CSI's), estimated from the TotalSegmentator label map; LPS mm."""
+    if not os.path.isdir(SHARED_CASE):
+        pytest.skip("../shared is not available")
+    from training.datasets import load_dataset
+
+    case = load_dataset(f"labelmap:{SHARED_CASE}?centre=body")[0]
+    return case.whole_centroids()
+
+
 def make_ct(shape=(48, 64, 64), spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0), direction=None, seed=0):
     """A small CT-like volume: air around a soft-tissue cylinder with a bone rod (a toy spine)."""
     rng = np.random.default_rng(seed)
