@@ -138,7 +138,10 @@ def _ras_by_label(logic, out):
 def test_volume_geometry_matches_annotation_affine(volume):
     import vtk
 
-    affine = np.array(json.loads((CASE / "centroids_from_forcesplit.json").read_text())["affine"])
+    path = CASE / "centroids_from_forcesplit.json"
+    if not path.is_file():
+        pytest.skip("shared annotation not available")
+    affine = np.array(json.loads(path.read_text())["affine"])
     m = vtk.vtkMatrix4x4()
     volume.GetIJKToRASMatrix(m)
     ijk_to_ras = np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
