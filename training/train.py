@@ -125,12 +125,10 @@ def init_from(model: VertebraeNet, path: str) -> List[str]:
     (``RUN_DIR/last.pt``). Partial loading is what lets a run start from a model whose architecture
     differs in one branch (the rest keeps what it learnt).
     """
-    from VertebraeLabeling.VertebraeLabelingLib.model_io import manifest_path, read_manifest, sha256_of
+    from VertebraeLabeling.VertebraeLabelingLib.model_io import load_state_dict, manifest_path
 
     if os.path.exists(manifest_path(path)):
-        if sha256_of(path) != read_manifest(path).get("sha256"):
-            raise ValueError(f"checksum mismatch for {path}")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state, _ = load_state_dict(path)
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)["model"]
     own = model.state_dict()

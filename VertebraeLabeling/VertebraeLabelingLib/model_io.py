@@ -96,13 +96,12 @@ def read_manifest(path: str) -> dict[str, Any]:
     return manifest
 
 
-def load_model(path: Optional[str] = None, device: str = "cpu") -> tuple[VertebraeNet, dict[str, Any]]:
-    """Load weights after verifying their checksum; return ``(model in eval mode, manifest)``.
+def load_state_dict(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Read a weights file after verifying its checksum; return ``(state dict, manifest)``.
 
     Raises:
-        ModelFileError: missing file or manifest, checksum mismatch, or weights that don't fit the network.
+        ModelFileError: missing file or manifest, checksum mismatch, or a file that is not a state dict.
     """
-    path = path or default_model_path()
     manifest = read_manifest(path)
     actual = sha256_of(path)
     if actual != manifest.get("sha256"):
@@ -114,6 +113,17 @@ def load_model(path: Optional[str] = None, device: str = "cpu") -> tuple[Vertebr
         raise ModelFileError(f"{path} could not be read as weights: {exc}") from None
     if not isinstance(state, dict):
         raise ModelFileError(f"{path} does not hold a state dict.")
+    return state, manifest
+
+
+def load_model(path: Optional[str] = None, device: str = "cpu") -> tuple[VertebraeNet, dict[str, Any]]:
+    """Load weights after verifying their checksum; return ``(model in eval mode, manifest)``.
+
+    Raises:
+        ModelFileError: missing file or manifest, checksum mismatch, or weights that don't fit the network.
+    """
+    path = path or default_model_path()
+    state, manifest = load_state_dict(path)
     try:
         # Weights from before the field existed decode to full resolution, the paper's layout.
         model = VertebraeNet(widths=manifest.get("widths", (8, 16, 32, 64)),
