@@ -14,6 +14,8 @@ import torch
 from VertebraeLabeling.VertebraeLabelingLib.model_io import DEFAULT_MODEL_DIRS, DEFAULT_MODEL_NAME, load_model, save_weights
 from VertebraeLabeling.VertebraeLabelingLib.network import VertebraeNet
 
+from .train import checkpoint_architecture
+
 
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.export", description=__doc__.split("\n\n")[0])
@@ -28,8 +30,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         training_info = manifest.get("training", {})
     else:
         ckpt = torch.load(args.source, map_location="cpu", weights_only=True)
-        widths = [int(w) for w in str(ckpt["config"]["widths"]).split(",")]
-        model = VertebraeNet(widths=widths, heatmap_stride=int(ckpt["config"].get("heatmap_stride", 1)))
+        widths, heatmap_stride = checkpoint_architecture(ckpt["config"])
+        model = VertebraeNet(widths=widths, heatmap_stride=heatmap_stride)
         model.load_state_dict(ckpt["model"])
         training_info = {"step": int(ckpt["step"]), "data": ckpt["config"].get("data"),
                          "best_val": float(ckpt["best_val"])}

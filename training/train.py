@@ -15,7 +15,7 @@ import math
 import os
 import sys
 import time
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -118,6 +118,13 @@ def plot_log(log_path: str, png_path: str) -> None:
     plt.close(fig)
 
 
+def checkpoint_architecture(config: dict, default_widths: str = "8,16,32,64") -> Tuple[Tuple[int, ...], int]:
+    """(widths, heatmap_stride) a checkpoint was trained with; checkpoints from before the stride option
+    decode to full resolution (stride 1)."""
+    widths = tuple(int(v) for v in str(config.get("widths", default_widths)).split(","))
+    return widths, int(config.get("heatmap_stride", 1))
+
+
 def init_from(model: VertebraeNet, path: str) -> List[str]:
     """Copy into ``model`` every tensor of ``path`` whose name and shape match; return the modules left as they were.
 
@@ -197,9 +204,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.resume and os.path.exists(ckpt_path):
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
         # A resumed run keeps the architecture it was started with, whatever today's defaults are.
-        old = ckpt.get("config", {})
-        widths = tuple(int(v) for v in str(old.get("widths", args.widths)).split(","))
-        args.heatmap_stride = int(old.get("heatmap_stride", 1))
+        widths, args.heatmap_stride = checkpoint_architecture(ckpt.get("config", {}), args.widths)
     model = VertebraeNet(widths=widths, heatmap_stride=args.heatmap_stride).to(device)
     if args.init and ckpt is None:
         reinitialised = init_from(model, args.init)

@@ -56,7 +56,8 @@ def label_centroids(labels: sitk.Image, id_map: str = "auto", sacrum_as_s2: bool
         min_volume_mm3: labels smaller than this are taken for stray voxels and ignored.
         notes: receives one line per dropped label and the id map used.
         centre: "mass" (centre of mass of the whole vertebra) or "body" (:func:`body_centres`, the
-            convention of VerSe, CSI and our generator; labels without a found canal keep their centre of mass).
+            convention of VerSe, CSI and our generator). A label without a found canal gets its centre of
+            mass plus the median body-minus-mass offset of the others (C1, or fewer than 2 others: its centre of mass).
 
     A vertebra is *partial* when its label touches the first or last voxel along any axis.
     """
@@ -134,7 +135,7 @@ def body_centres(labels: sitk.Image, label_ids: List[int]) -> Dict[int, np.ndarr
     In each axial slice the spinal canal is the largest hole the vertebra's mask encloses; the body is the
     part of the mask anterior to the canal's front wall (slices whose arch is open use the median front
     wall of the others). Labels in which no canal is found (C1 has no body; a cut vertebra may show no
-    closed arch) are left out, and the caller keeps their centre of mass.
+    closed arch) are left out; :func:`label_centroids` decides what they get.
     """
     from scipy import ndimage
 
