@@ -1,11 +1,14 @@
-"""Where training cases come from: the synthetic generator or a real annotated data set.
+"""Where training cases come from: the synthetic generator, label maps painted with random intensities
+(``painted:DIR``, :mod:`training.painted`) or a real annotated data set.
 
-Seeds of the synthetic generator are split once, here, so no evaluation case is ever trained on:
-training uses seeds below ``VALIDATION_SEED0``; validation (LR schedule) uses 800 000 +; the
-hold-out evaluation uses 900 000 +.
+Seeds of the synthetic generator (and of the painter) are split once, here, so no evaluation case is
+ever trained on: training uses seeds below ``VALIDATION_SEED0``; validation (LR schedule) uses 800 000 +;
+the hold-out evaluation uses 900 000 +. Painted validation cases are new paintings of the training label
+maps: held out in appearance and deformation, not in shape.
 """
 
-from typing import Callable, Iterator, List, Optional
+from collections.abc import Iterator
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -13,6 +16,8 @@ from .prepared import PreparedCase, prepare_case
 
 VALIDATION_SEED0 = 800_000
 HOLDOUT_SEED0 = 900_000
+
+CaseFactory = Callable[[int], PreparedCase]
 
 
 def synthetic_case(seed: int, spacing=(2.0, 2.0, 2.0)) -> PreparedCase:
@@ -30,6 +35,17 @@ def synthetic_case(seed: int, spacing=(2.0, 2.0, 2.0)) -> PreparedCase:
     return prepared
 
 
+def seeded_factory(spec: str) -> Optional[CaseFactory]:
+    """The case maker of an endless, seeded spec (``synthetic``, ``painted:DIR``); None for real data."""
+    if spec == "synthetic":
+        return synthetic_case
+    if spec.startswith("painted:"):
+        from .painted import PaintedSource
+
+        return PaintedSource(spec)
+    return None
+
+
 class CaseSource:
     """An endless, deterministic stream of prepared cases for one data-loading worker."""
 
@@ -38,8 +54,9 @@ class CaseSource:
         self.seed = seed
         self.stream_id = stream_id
         self.num_streams = num_streams
-        self._real: Optional[List] = None
-        if spec != "synthetic":
+        self._real: Optional[list] = None
+        self._factory = seeded_factory(spec)
+        if self._factory is None:
             from .datasets import load_dataset
 
             cases = load_dataset(spec)
@@ -55,9 +72,9 @@ class CaseSource:
                 seed = (self.seed * 7919 + self.stream_id + n * self.num_streams) % VALIDATION_SEED0
                 n += 1
                 try:
-                    yield synthetic_case(seed)
+                    yield self._factory(seed)
                 except Exception as exc:  # noqa: BLE001 - one bad case must not stop a long run
-                    print(f"skipping synthetic case {seed}: {exc}", flush=True)
+                    print(f"skipping {self.spec} case {seed}: {exc}", flush=True)
         else:
             rng = np.random.default_rng([self.seed, self.stream_id])
             while True:
@@ -68,13 +85,14 @@ class CaseSource:
                     yield prepare_case(case.load_image(), case.centroids, case_id=case.case_id)
 
 
-def validation_cases(spec: str, count: int) -> List[PreparedCase]:
-    """A fixed list of validation cases (synthetic seeds from VALIDATION_SEED0, or the first real cases)."""
-    if spec == "synthetic":
+def validation_cases(spec: str, count: int) -> list[PreparedCase]:
+    """A fixed list of validation cases (synthetic or painted seeds from VALIDATION_SEED0, or the first real cases)."""
+    factory = seeded_factory(spec)
+    if factory is not None:
         out, seed = [], VALIDATION_SEED0
         while len(out) < count:
             try:
-                out.append(synthetic_case(seed))
+                out.append(factory(seed))
             except Exception as exc:  # noqa: BLE001
                 print(f"skipping validation case {seed}: {exc}", flush=True)
             seed += 1
@@ -83,6 +101,3 @@ def validation_cases(spec: str, count: int) -> List[PreparedCase]:
 
     cases = load_dataset(spec)[:count]
     return [prepare_case(c.load_image(), c.centroids, case_id=c.case_id) for c in cases]
-
-
-CaseFactory = Callable[[int], PreparedCase]

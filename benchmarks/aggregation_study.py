@@ -1,0 +1,134 @@
+"""Test-time choices measured offline: block stride, left-right flip averaging, aggregation method.
+
+The network runs once per distinct block of each case (stride-13 blocks include every stride-26
+and stride-52 block start; each block is also run mirrored) and the raw per-block outputs are
+cached in ``--cache``; every variant then re-runs only the aggregation, so comparing aggregation
+methods costs seconds. Tune on validation seeds (800 000+), report on the hold-out (900 000+)::
+
+    python -m benchmarks.aggregation_study --cases 60 --seed0 800000 --cache /tmp/aggcache_val
+    python -m benchmarks.aggregation_study --real --cache /tmp/aggcache_real
+"""
+
+import argparse
+import os
+import sys
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+
+from training import metrics
+from training.evaluate import EvaluationCase, from_annotated, synthetic_cases
+from VertebraeLabeling.VertebraeLabelingLib import aggregation, blocks, preprocessing
+from VertebraeLabeling.VertebraeLabelingLib.model_io import load_model
+from VertebraeLabeling.VertebraeLabelingLib.vertebrae import VERTEBRA_NAMES
+
+STRIDES = (52, 26, 13)
+Aggregator = Callable[..., aggregation.AggregationResult]
+
+
+def _run_block(model, volume: np.ndarray, block: blocks.Block, fill: float, flip: bool):
+    data = blocks.extract_block(volume, block, fill)
+    if flip:
+        data = data[:, :, ::-1].copy()
+    with torch.inference_mode():
+        pred = model(torch.from_numpy(data)[None, None])
+    probs = torch.sigmoid(pred["logits"][0]).numpy()
+    coords = pred["coords"][0].numpy().astype(float)
+    if flip:
+        coords[:, 2] = block.shape[2] - 1 - coords[:, 2]
+    return probs, coords + np.asarray(block.start, dtype=float)
+
+
+def cache_case(model, case: EvaluationCase, path: str, real: bool) -> None:
+    """Run every block of the case (plain and mirrored) and save outputs + truth in canonical voxels."""
+    truth = {k: v for k, v in case.centroids.items() if k not in case.partial} if real else case.centroids
+    volume = preprocessing.to_canonical(case.load_image())
+    norm = preprocessing.zscore(volume.hu)
+    fill = float(norm.min())
+    track = blocks.find_spine_track(volume.hu, volume.spacing)
+    starts = sorted({b.start for s in STRIDES for b in blocks.plan_blocks(volume.shape, track, stride=s)})
+    plans = {s: np.array([b.start for b in blocks.plan_blocks(volume.shape, track, stride=s)]).reshape(-1, 3)
+             for s in STRIDES}
+    probs, coords = [], []
+    for start in starts:
+        for flip in (False, True):
+            p, c = _run_block(model, norm, blocks.Block(start), fill, flip)
+            probs.append(p)
+            coords.append(c)
+    names = sorted(truth)
+    np.savez(path, starts=np.array(starts).reshape(-1, 3), probs=np.array(probs).reshape(len(starts), 2, -1),
+             coords=np.array(coords).reshape(len(starts), 2, -1, 3), shape=np.array(volume.shape),
+             spacing=volume.spacing, truth_names=np.array(names),
+             truth_kji=np.array([volume.lps_to_index(truth[n]) for n in names]).reshape(-1, 3),
+             **{f"plan{s}": v for s, v in plans.items()})
+
+
+def score_cached(path: str, stride: int, flip: bool, aggregate: Aggregator) -> metrics.CaseResult:
+    """Aggregate one cached case; distances in canonical voxels x spacing = mm (the grid is isotropic)."""
+    z = np.load(path)
+    index = {tuple(s): n for n, s in enumerate(z["starts"].tolist())}
+    preds = []
+    for start in z[f"plan{stride}"].tolist():
+        n = index[tuple(start)]
+        p, c = z["probs"][n, 0], z["coords"][n, 0]
+        if flip:
+            p, c = 0.5 * (p + z["probs"][n, 1]), 0.5 * (c + z["coords"][n, 1])
+        preds.append(aggregation.BlockPrediction(blocks.Block(tuple(start)), p, c))
+    spacing = float(z["spacing"])
+    agg = aggregate(preds, spacing, 0.5, tuple(z["shape"].tolist()))
+    predicted = {VERTEBRA_NAMES[c.label]: c.position * spacing for c in agg.chosen}
+    truth = {str(n): k * spacing for n, k in zip(z["truth_names"], z["truth_kji"])}
+    return metrics.evaluate_case(predicted, truth, os.path.basename(path))
+
+
+def report(paths: list[str], variants: dict[str, tuple[int, bool, Aggregator]]) -> None:
+    print("| variant | id rate % | mean (std) error mm | C | T | L | S |")
+    print("|---|---|---|---|---|---|---|")
+    for name, (stride, flip, agg) in variants.items():
+        summ = metrics.summarize([score_cached(p, stride, flip, agg) for p in paths])
+        a = summ["all"]
+        regions = " | ".join(f"{summ[r].id_rate:.1f}" if summ[r].n_truth else "-"
+                             for r in ("cervical", "thoracic", "lumbar", "sacral"))
+        print(f"| {name} | {a.id_rate:.1f} | {a.mean_error_mm:.2f} ({a.std_error_mm:.2f}) | {regions} |")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cases", type=int, default=40)
+    ap.add_argument("--seed0", type=int, default=800000)
+    ap.add_argument("--real", action="store_true", help="the shared real case instead of synthetic ones")
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--cache", required=True, help="folder for the cached block outputs (reused if present)")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    os.makedirs(args.cache, exist_ok=True)
+    if args.real:
+        from training.datasets import load_dataset
+
+        cases = [from_annotated(c) for c in load_dataset("labelmap:../shared/data/ts_example_ct?centre=body")]
+    else:
+        cases = synthetic_cases(args.cases, args.seed0)
+    model = None
+    paths = []
+    t0 = time.perf_counter()
+    for n, case in enumerate(cases, 1):
+        path = os.path.join(args.cache, f"{case.case_id}.npz")
+        if not os.path.exists(path):
+            if model is None:
+                model, _ = load_model(args.model, device="cpu")
+                model.eval()
+            cache_case(model, case, path, args.real)
+        paths.append(path)
+        print(f"\rcase {n}  {time.perf_counter() - t0:.0f}s", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    variants = {f"stride {s}{' + flip' if f else ''}": (s, f, aggregation.aggregate)
+                for s in STRIDES for f in (False, True)}
+    report(paths, variants)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
