@@ -1,6 +1,7 @@
 """Contact sheet: sagittal and coronal mid-slices of generated cases next to the real CT.
 
     python -m training.contact_sheet --n 8 --out training/docs/contact_sheet.png
+    python -m training.contact_sheet --n 0 --painted 5 --out training/docs/painted_sheet.png
 """
 
 import argparse
@@ -66,6 +67,8 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=8, help="number of generated cases")
     ap.add_argument("--seed", type=int, default=0, help="first seed")
+    ap.add_argument("--painted", type=int, default=0,
+                    help="also this many paintings of the real CT's label map (training.painted)")
     ap.add_argument("--out", default="training/docs/contact_sheet.png")
     ap.add_argument("--dpi", type=int, default=90)
     args = ap.parse_args(argv)
@@ -80,6 +83,15 @@ def main(argv=None) -> None:
     real = real_case()
     if real is not None:
         panels.append(("real ts_example_ct (L1-sacrum)", real[0], real[1]))
+    if args.painted:
+        from training.painted import paint_labelmap
+
+        labels = sitk.ReadImage(str(REAL_DIR / "seg_total_v2_fast_forcesplit.nii.gz"))
+        for s in range(args.seed, args.seed + args.painted):
+            case = paint_labelmap(labels, s, ct=real[0] if real is not None else None)
+            names = list(case.centroids)
+            rng = f"{names[0]}-{names[-1]}" if names else "none"
+            panels.append((f"painted {s}: {rng} {case.meta['appearance']}", case.image, case.centroids))
     for s in range(args.seed, args.seed + args.n):
         case = generate_case(s)
         names = list(case.centroids)
