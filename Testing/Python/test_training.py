@@ -155,3 +155,29 @@ def test_init_copies_matching_tensors_and_names_what_stays_random(tmp_path):
     assert kept and all(name.startswith("classifier.") for name in kept)
     assert torch.equal(target.stem[0].weight, source.stem[0].weight)
     assert not torch.equal(target.classifier.fc.weight, source.classifier.fc.weight)
+
+
+def test_exporting_several_checkpoints_writes_their_mean(tmp_path):
+    """Weight averaging: the exported tensors are the element-wise mean, and the manifest says of which steps."""
+    from VertebraeLabeling.VertebraeLabelingLib.model_io import save_weights
+
+    paths = []
+    for n in range(3):
+        torch.manual_seed(n)
+        path = str(tmp_path / f"snap{n}.pt")
+        save_weights(VertebraeNet(widths=(4, 8, 8, 16)), path, trained=True, training={"step": 100 * (n + 1)})
+        paths.append(path)
+    out = str(tmp_path / "mean.pt")
+    assert export_cli.main(paths + ["--to", out]) == 0
+    mean, manifest = load_model(out)
+    snaps = [load_model(p)[0].state_dict() for p in paths]
+    for name, value in mean.state_dict().items():
+        if value.is_floating_point():
+            assert torch.allclose(value, sum(s[name] for s in snaps) / 3, atol=1e-6), name
+    assert manifest["training"]["averaged_steps"] == [100, 200, 300]
+    assert not torch.equal(mean.stem[0].weight, load_model(paths[0])[0].stem[0].weight)
+
+    other = str(tmp_path / "other.pt")
+    save_weights(VertebraeNet(widths=(4, 8, 8, 8)), other, trained=True)
+    with pytest.raises(ValueError, match="different architectures"):
+        export_cli.main([paths[0], other, "--to", str(tmp_path / "bad.pt")])
