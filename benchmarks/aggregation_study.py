@@ -6,6 +6,8 @@ cached in ``--cache``; every variant then re-runs only the aggregation, so compa
 methods costs seconds. Tune on validation seeds (800 000+), report on the hold-out (900 000+)::
 
     python -m benchmarks.aggregation_study --cases 60 --seed0 800000 --cache /tmp/aggcache_val
+    # several models on the same generated CTs (generated once, into --image-cache)
+    python -m benchmarks.aggregation_study --cases 40 --image-cache /tmp/val_ct --model a.pt --cache /tmp/agg_a
     python -m benchmarks.aggregation_study --real --cache /tmp/aggcache_real
 """
 
@@ -94,6 +96,29 @@ def report(paths: list[str], variants: dict[str, tuple[int, bool, Aggregator]]) 
         print(f"| {name} | {a.id_rate:.1f} | {a.mean_error_mm:.2f} ({a.std_error_mm:.2f}) | {regions} |")
 
 
+def _cached_synthetic(n: int, seed0: int, folder: str):
+    """Synthetic cases whose image and truth were kept by an earlier run (generated when missing)."""
+    import json
+
+    import SimpleITK as sitk
+
+    for seed in range(seed0, seed0 + n):
+        case_id = f"synthetic_{seed}"
+        image_path = os.path.join(folder, f"{case_id}.nii.gz")
+        truth_path = os.path.join(folder, f"{case_id}.truth.json")
+        if not (os.path.exists(image_path) and os.path.exists(truth_path)):
+            case = next(iter(synthetic_cases(1, seed)))
+            os.makedirs(folder, exist_ok=True)
+            sitk.WriteImage(case.load_image(), image_path)
+            with open(truth_path, "w") as f:
+                json.dump({"centroids": {k: list(map(float, v)) for k, v in case.centroids.items()},
+                           "partial": list(case.partial)}, f)
+        with open(truth_path) as f:
+            truth = json.load(f)
+        yield EvaluationCase(case_id, lambda p=image_path: sitk.ReadImage(p),
+                             {k: np.asarray(v) for k, v in truth["centroids"].items()}, truth["partial"])
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", type=int, default=40)
@@ -102,6 +127,7 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default=None)
     ap.add_argument("--cache", required=True, help="folder for the cached block outputs (reused if present)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--image-cache", help="folder keeping the generated CTs, for comparing several models")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     os.makedirs(args.cache, exist_ok=True)
@@ -109,6 +135,8 @@ def main(argv=None) -> int:
         from training.datasets import load_dataset
 
         cases = [from_annotated(c) for c in load_dataset("labelmap:../shared/data/ts_example_ct?centre=body")]
+    elif args.image_cache:
+        cases = _cached_synthetic(args.cases, args.seed0, args.image_cache)
     else:
         cases = synthetic_cases(args.cases, args.seed0)
     model = None
