@@ -43,19 +43,23 @@ def _run_block(model, volume: np.ndarray, block: blocks.Block, fill: float, flip
     return probs, coords + np.asarray(block.start, dtype=float)
 
 
-def cache_case(model, case: EvaluationCase, path: str, real: bool) -> None:
+def cache_case(model, case: EvaluationCase, path: str, real: bool, strides=STRIDES, flips=(False, True)) -> None:
     """Run every block of the case (plain and mirrored) and save outputs + truth in canonical voxels."""
     truth = {k: v for k, v in case.centroids.items() if k not in case.partial} if real else case.centroids
     volume = preprocessing.to_canonical(case.load_image())
     norm = preprocessing.zscore(volume.hu)
     fill = float(norm.min())
     track = blocks.find_spine_track(volume.hu, volume.spacing)
-    starts = sorted({b.start for s in STRIDES for b in blocks.plan_blocks(volume.shape, track, stride=s)})
+    starts = sorted({b.start for s in strides for b in blocks.plan_blocks(volume.shape, track, stride=s)})
     plans = {s: np.array([b.start for b in blocks.plan_blocks(volume.shape, track, stride=s)]).reshape(-1, 3)
-             for s in STRIDES}
+             for s in strides}
     probs, coords = [], []
     for start in starts:
         for flip in (False, True):
+            if flip not in flips:  # keep the array layout; a skipped mirror repeats the plain output
+                probs.append(probs[-1])
+                coords.append(coords[-1])
+                continue
             p, c = _run_block(model, norm, blocks.Block(start), fill, flip)
             probs.append(p)
             coords.append(c)
@@ -127,9 +131,12 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default=None)
     ap.add_argument("--cache", required=True, help="folder for the cached block outputs (reused if present)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--strides", default="52,26,13", help="block strides to compare")
+    ap.add_argument("--no-flip", action="store_true", help="skip the mirrored runs (half the time)")
     ap.add_argument("--image-cache", help="folder keeping the generated CTs, for comparing several models")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    strides = tuple(int(v) for v in args.strides.split(","))
     os.makedirs(args.cache, exist_ok=True)
     if args.real:
         from training.datasets import load_dataset
@@ -148,12 +155,12 @@ def main(argv=None) -> int:
             if model is None:
                 model, _ = load_model(args.model, device="cpu")
                 model.eval()
-            cache_case(model, case, path, args.real)
+            cache_case(model, case, path, args.real, strides, (False,) if args.no_flip else (False, True))
         paths.append(path)
         print(f"\rcase {n}  {time.perf_counter() - t0:.0f}s", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
     variants = {f"stride {s}{' + flip' if f else ''}": (s, f, aggregation.aggregate)
-                for s in STRIDES for f in (False, True)}
+                for s in strides for f in ((False,) if args.no_flip else (False, True))}
     report(paths, variants)
     return 0
 
