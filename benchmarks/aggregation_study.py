@@ -22,7 +22,7 @@ import torch
 
 from training import metrics
 from training.evaluate import EvaluationCase, from_annotated, synthetic_cases
-from VertebraeLabeling.VertebraeLabelingLib import aggregation, blocks, preprocessing
+from VertebraeLabeling.VertebraeLabelingLib import aggregation, blocks, inference, preprocessing
 from VertebraeLabeling.VertebraeLabelingLib.model_io import load_model
 from VertebraeLabeling.VertebraeLabelingLib.vertebrae import VERTEBRA_NAMES
 
@@ -30,17 +30,15 @@ STRIDES = (52, 26, 13)
 Aggregator = Callable[..., aggregation.AggregationResult]
 
 
-def _run_block(model, volume: np.ndarray, block: blocks.Block, fill: float, flip: bool):
-    data = blocks.extract_block(volume, block, fill)
-    if flip:
-        data = data[:, :, ::-1].copy()
-    with torch.inference_mode():
-        pred = model(torch.from_numpy(data)[None, None])
-    probs = torch.sigmoid(pred["logits"][0]).numpy()
-    coords = pred["coords"][0].numpy().astype(float)
-    if flip:
-        coords[:, 2] = block.shape[2] - 1 - coords[:, 2]
-    return probs, coords + np.asarray(block.start, dtype=float)
+def _mirrored_predictions(model, volume: np.ndarray, plan: list[blocks.Block], fill: float):
+    """The core's block predictions on the left-right mirrored volume, mapped back to the original."""
+    width = volume.shape[2]
+    mirrored = [blocks.Block((b.start[0], b.start[1], width - b.start[2] - b.shape[2]), b.shape) for b in plan]
+    preds = inference.predict_blocks(model, np.ascontiguousarray(volume[:, :, ::-1]), mirrored,
+                                     torch.device("cpu"), fill)
+    for pred in preds:
+        pred.positions[:, 2] = width - 1 - pred.positions[:, 2]
+    return preds
 
 
 def cache_case(model, case: EvaluationCase, path: str, real: bool, strides=STRIDES, flips=(False, True)) -> None:
@@ -53,16 +51,12 @@ def cache_case(model, case: EvaluationCase, path: str, real: bool, strides=STRID
     starts = sorted({b.start for s in strides for b in blocks.plan_blocks(volume.shape, track, stride=s)})
     plans = {s: np.array([b.start for b in blocks.plan_blocks(volume.shape, track, stride=s)]).reshape(-1, 3)
              for s in strides}
-    probs, coords = [], []
-    for start in starts:
-        for flip in (False, True):
-            if flip not in flips:  # keep the array layout; a skipped mirror repeats the plain output
-                probs.append(probs[-1])
-                coords.append(coords[-1])
-                continue
-            p, c = _run_block(model, norm, blocks.Block(start), fill, flip)
-            probs.append(p)
-            coords.append(c)
+    plan = [blocks.Block(start) for start in starts]
+    plain = inference.predict_blocks(model, norm, plan, torch.device("cpu"), fill)
+    # A skipped mirror repeats the plain output, so the cache keeps one layout.
+    mirror = _mirrored_predictions(model, norm, plan, fill) if True in flips else plain
+    probs = [[a.probabilities, b.probabilities] for a, b in zip(plain, mirror)]
+    coords = [[a.positions, b.positions] for a, b in zip(plain, mirror)]
     names = sorted(truth)
     np.savez(path, starts=np.array(starts).reshape(-1, 3), probs=np.array(probs).reshape(len(starts), 2, -1),
              coords=np.array(coords).reshape(len(starts), 2, -1, 3), shape=np.array(volume.shape),

@@ -63,6 +63,12 @@ def real_case() -> Optional[tuple[sitk.Image, dict[str, np.ndarray]]]:
     return sitk.ReadImage(str(ct)), cents
 
 
+def _span(centroids: dict[str, np.ndarray]) -> str:
+    """"T12-S1": the first and last vertebra shown, for a panel title."""
+    names = list(centroids)
+    return f"{names[0]}-{names[-1]}" if names else "none"
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=8, help="number of generated cases")
@@ -89,15 +95,13 @@ def main(argv=None) -> None:
         labels = sitk.ReadImage(str(REAL_DIR / "seg_total_v2_fast_forcesplit.nii.gz"))
         for s in range(args.seed, args.seed + args.painted):
             case = paint_labelmap(labels, s, ct=real[0] if real is not None else None)
-            names = list(case.centroids)
-            rng = f"{names[0]}-{names[-1]}" if names else "none"
-            panels.append((f"painted {s}: {rng} {case.meta['appearance']}", case.image, case.centroids))
+            panels.append((f"painted {s}: {_span(case.centroids)} {case.meta['appearance']}", case.image,
+                           case.centroids))
     for s in range(args.seed, args.seed + args.n):
         case = generate_case(s)
-        names = list(case.centroids)
-        rng = f"{names[0]}-{names[-1]}" if names else "none"
         extra = f" {case.meta['transitional']}" if case.meta.get("transitional") else ""
-        panels.append((f"seed {s}: {rng}{extra} {case.meta['appearance']}", case.image, case.centroids))
+        panels.append((f"seed {s}: {_span(case.centroids)}{extra} {case.meta['appearance']}", case.image,
+                       case.centroids))
 
     cols = 6
     rows = int(np.ceil(len(panels) * 2 / cols))

@@ -73,8 +73,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     else:
         model = average_models([m for m, _ in read])
         steps = [info.get("step") for _, info in read]
-        training_info = {"step": max(s for s in steps if s is not None) if any(s is not None for s in steps) else None,
-                         "data": read[-1][1].get("data"), "averaged_steps": steps}
+        known = [s for s in steps if s is not None]
+        training_info = {"step": max(known) if known else None, "data": read[-1][1].get("data"),
+                         "averaged_steps": steps}
         default_description = f"mean of the weights at steps {', '.join(str(s) for s in steps)}"
     manifest = save_weights(model, args.to, trained=True, description=args.description or default_description,
                             training=training_info)
