@@ -1,6 +1,7 @@
 """Export trained weights as the bundled default model (state dict + manifest with SHA-256).
 
     python -m training.export runs/default/best.pt            # → Resources/Models/vertebrae_net.pt
+    python -m training.export runs/default/last.pt            # the run's moving average of the weights
     python -m training.export runs/default/last.pt --to my_model.pt --description "VerSe20 fine-tune"
     python -m training.export snaps/step_5000.pt snaps/step_5250.pt snaps/step_5500.pt   # their mean
 
@@ -20,26 +21,20 @@ import torch
 from VertebraeLabeling.VertebraeLabelingLib.model_io import (
     DEFAULT_MODEL_DIRS,
     DEFAULT_MODEL_NAME,
-    load_model,
     save_weights,
 )
 from VertebraeLabeling.VertebraeLabelingLib.network import VertebraeNet
 
-from .train import checkpoint_architecture
+from .weights import read_weights
 
 
-def read_source(path: str) -> tuple[VertebraeNet, dict[str, object]]:
-    """(model, training info) of exported weights (checksum verified) or a training checkpoint."""
-    manifest_file = os.path.splitext(path)[0] + ".json"
-    if os.path.exists(manifest_file):
-        model, manifest = load_model(path)
-        return model, dict(manifest.get("training", {}))
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    widths, heatmap_stride = checkpoint_architecture(ckpt["config"])
+def read_source(path: str, prefer_ema: bool = True) -> tuple[VertebraeNet, dict[str, object]]:
+    """(model, training info) of exported weights (checksum verified) or a training checkpoint (its
+    moving average of the weights where it keeps one, unless ``prefer_ema`` is false)."""
+    state, (widths, heatmap_stride), info = read_weights(path, prefer_ema)
     model = VertebraeNet(widths=widths, heatmap_stride=heatmap_stride)
-    model.load_state_dict(ckpt["model"])
-    return model, {"step": int(ckpt["step"]), "data": ckpt["config"].get("data"),
-                   "best_val": float(ckpt["best_val"])}
+    model.load_state_dict(state)
+    return model, info
 
 
 def average_models(models: Sequence[VertebraeNet]) -> VertebraeNet:
@@ -64,8 +59,10 @@ def main(argv: Optional[list[str]] = None) -> int:
                         "several: export their mean")
     p.add_argument("--to", default=os.path.join(DEFAULT_MODEL_DIRS[0], DEFAULT_MODEL_NAME))
     p.add_argument("--description", default="")
+    p.add_argument("--raw", action="store_true",
+                   help="from a training checkpoint, take the weights of its last step, not their moving average")
     args = p.parse_args(argv)
-    read = [read_source(path) for path in args.source]
+    read = [read_source(path, prefer_ema=not args.raw) for path in args.source]
     if len(read) == 1:
         model, training_info = read[0]
         default_description = (f"trained on {training_info.get('data', '?')}, "

@@ -15,11 +15,12 @@ import math
 import os
 import sys
 import time
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from VertebraeLabeling.VertebraeLabelingLib.model_io import save_weights
@@ -29,6 +30,7 @@ from .crops import make_crop
 from .loss import vertebrae_loss
 from .prepared import PreparedCase
 from .sources import CaseSource, validation_cases
+from .weights import checkpoint_architecture, read_weights
 
 
 class CropStream(IterableDataset):
@@ -118,26 +120,14 @@ def plot_log(log_path: str, png_path: str) -> None:
     plt.close(fig)
 
 
-def checkpoint_architecture(config: dict, default_widths: str = "8,16,32,64") -> Tuple[Tuple[int, ...], int]:
-    """(widths, heatmap_stride) a checkpoint was trained with; checkpoints from before the stride option
-    decode to full resolution (stride 1)."""
-    widths = tuple(int(v) for v in str(config.get("widths", default_widths)).split(","))
-    return widths, int(config.get("heatmap_stride", 1))
-
-
 def init_from(model: VertebraeNet, path: str) -> List[str]:
     """Copy into ``model`` every tensor of ``path`` whose name and shape match; return the modules left as they were.
 
     ``path`` is exported weights (checksum verified against their manifest) or a training checkpoint
-    (``RUN_DIR/last.pt``). Partial loading is what lets a run start from a model whose architecture
-    differs in one branch (the rest keeps what it learnt).
+    (``RUN_DIR/last.pt``, its moving average where it keeps one). Partial loading is what lets a run start
+    from a model whose architecture differs in one branch (the rest keeps what it learnt).
     """
-    from VertebraeLabeling.VertebraeLabelingLib.model_io import load_state_dict, manifest_path
-
-    if os.path.exists(manifest_path(path)):
-        state, _ = load_state_dict(path)
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)["model"]
+    state, _, _ = read_weights(path)
     own = model.state_dict()
     matching = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     model.load_state_dict(matching, strict=False)
@@ -174,6 +164,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                                                   "down when a run cannot wait for the plateau scheduler)")
     p.add_argument("--init", help="start from these weights (exported .pt with manifest, or a RUN_DIR/last.pt); "
                                   "tensors whose name and shape match are copied, the rest keep their random init")
+    p.add_argument("--ema-decay", type=float, default=0.999,
+                   help="keep an exponential moving average of the weights with this decay (0: none); "
+                        "validation, best.pt and export use the average")
     p.add_argument("--patience", type=int, default=5, help="validations without improvement before LR × 0.4")
     return p.parse_args(argv)
 
@@ -211,6 +204,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         if is_main:
             print(f"initialised from {args.init}; kept at random init: {', '.join(reinitialised) or 'nothing'}",
                   flush=True)
+    # With batch 2 the weights at any one step wander around a good region; their moving average sits
+    # nearer its centre (on cpu_v3 the mean of snapshots beat every single checkpoint by 1-3 points).
+    # GroupNorm, not BatchNorm, so the average needs no statistics recomputed.
+    ema = None
+    if args.ema_decay > 0:
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(args.ema_decay))
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.4, patience=args.patience,
                                                            min_lr=1e-6)
@@ -220,6 +219,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         step, best_val = int(ckpt["step"]), float(ckpt["best_val"])
+        if ema is not None and "ema" in ckpt:
+            ema.module.load_state_dict(ckpt["ema"])
+            ema.n_averaged.fill_(int(ckpt.get("ema_updates", 1)))
+        elif ema is not None:
+            # A run that had no average starts one from its current weights; their validation loss is not
+            # the average's, so the best so far is forgotten.
+            ema.module.load_state_dict(model.state_dict())
+            ema.n_averaged.fill_(1)
+            best_val = math.inf
         if args.set_lr:
             for group in optimizer.param_groups:
                 group["lr"] = args.set_lr
@@ -248,6 +256,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if writer and new_log:
         writer.writerow(["step", "lr", "loss", "cls", "reg", "heat", "val_loss", "seconds"])
     config = {k: v for k, v in vars(args).items()}
+    shipped = ema.module if ema is not None else model  # the weights that are validated and exported
     t_start = time.time()
     running = {"loss": 0.0, "cls": 0.0, "reg": 0.0, "heat": 0.0}
     n_running = 0
@@ -266,6 +275,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         scaler.step(optimizer)
         scaler.update()
+        if ema is not None:
+            ema.update_parameters(model)
         step += 1
         running["loss"] += float(loss["total"].detach())
         running["cls"] += float(loss["cls"])
@@ -281,7 +292,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         val_loss = None
         if step % args.val_every == 0 or step == args.steps:
             if is_main and val_items:
-                val = evaluate_loss(model, val_items, device, args.balance, args.heatmap_weight)
+                val = evaluate_loss(shipped, val_items, device, args.balance, args.heatmap_weight)
                 val_loss = val["total"]
                 print(f"validation at step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in val.items()), flush=True)
             if world > 1:
@@ -300,14 +311,16 @@ def main(argv: Optional[List[str]] = None) -> int:
             n_running = 0
         if is_main and val_loss is not None and val_loss < best_val:
             best_val = val_loss
-            save_weights(model, os.path.join(args.run, "best.pt"), trained=True,
+            save_weights(shipped, os.path.join(args.run, "best.pt"), trained=True,
                          description=f"best validation loss {val_loss:.4f} at step {step}",
                          training={"step": step, "val_loss": val_loss, "data": args.data})
         if is_main and (step % args.save_every == 0 or step == args.steps):
             tmp = ckpt_path + ".tmp"
-            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "step": step, "best_val": best_val,
-                        "config": config}, tmp)
+            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "scheduler": scheduler.state_dict(), "step": step, "best_val": best_val, "config": config}
+            if ema is not None:
+                state.update(ema=ema.module.state_dict(), ema_updates=int(ema.n_averaged))
+            torch.save(state, tmp)
             os.replace(tmp, ckpt_path)
             plot_log(log_path, os.path.join(args.run, "loss.png"))
     if is_main:

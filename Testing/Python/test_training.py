@@ -157,6 +157,33 @@ def test_init_copies_matching_tensors_and_names_what_stays_random(tmp_path):
     assert not torch.equal(target.classifier.fc.weight, source.classifier.fc.weight)
 
 
+def test_a_run_keeps_a_moving_average_of_its_weights_and_exports_it(tmp_path):
+    """Validation, best.pt and export see the average; a resumed run goes on averaging where it stopped."""
+    run = str(tmp_path / "ema")
+    args = TINY + ["--run-dir", run, "--val-every", "3", "--save-every", "3", "--ema-decay", "0.5"]
+    assert train_cli.main(args + ["--steps", "3"]) == 0
+    first = torch.load(os.path.join(run, "last.pt"), weights_only=True)
+    assert first["ema_updates"] == 3
+    floats = [k for k, v in first["model"].items() if v.is_floating_point()]
+    assert any(not torch.equal(first["ema"][k], first["model"][k]) for k in floats)
+    best, _ = load_model(os.path.join(run, "best.pt"))  # the only validation was at step 3
+    assert all(torch.equal(best.state_dict()[k], first["ema"][k]) for k in floats)
+
+    out = str(tmp_path / "exported.pt")
+    assert export_cli.main([os.path.join(run, "last.pt"), "--to", out]) == 0
+    exported = load_model(out)[0].state_dict()
+    assert all(torch.equal(exported[k], first["ema"][k]) for k in floats)
+    assert export_cli.main([os.path.join(run, "last.pt"), "--to", out, "--raw"]) == 0
+    raw = load_model(out)[0].state_dict()
+    assert all(torch.equal(raw[k], first["model"][k]) for k in floats)
+
+    assert train_cli.main(args + ["--steps", "4", "--save-every", "1", "--resume"]) == 0
+    second = torch.load(os.path.join(run, "last.pt"), weights_only=True)
+    assert second["ema_updates"] == 4
+    for k in floats:  # decay 0.5: the new average is halfway between the old one and the new weights
+        assert torch.allclose(second["ema"][k], 0.5 * first["ema"][k] + 0.5 * second["model"][k], atol=1e-6), k
+
+
 def test_exporting_several_checkpoints_writes_their_mean(tmp_path):
     """Weight averaging: the exported tensors are the element-wise mean, and the manifest says of which steps."""
     from VertebraeLabeling.VertebraeLabelingLib.model_io import save_weights
