@@ -38,11 +38,11 @@ import SimpleITK as sitk
 
 from VertebraeLabeling.VertebraeLabelingLib.vertebrae import VERTEBRA_NAMES
 
-from .datasets import _MAP_ALIASES, load_dataset, parse_spec, read_image  # one alias table: labelmap:'s
+from .datasets import MAP_ALIASES, load_dataset, parse_spec, read_image  # one alias table: labelmap:'s
 from .datasets.common import ImageGeometry
-from .datasets.labelmap import ID_MAPS, VERSE_MASK, _find_labels, guess_id_map, label_centroids
+from .datasets.labelmap import ID_MAPS, VERSE_MASK, find_label_file, guess_id_map, label_centroids
 from .prepared import PreparedCase, prepare_case
-from .synthetic.appearance import _bias, gaussian_blur
+from .synthetic.appearance import bias_field, gaussian_blur
 
 #: TotalSegmentator v2 ("total") bones: sacrum and vertebrae 25-50, humerus..hip 69-78, skull 91,
 #: ribs 92-115, sternum 116. Costal cartilage (117) is not bone.
@@ -191,7 +191,7 @@ def paint_labelmap(labels: sitk.Image, seed: int, spacing: Sequence[float] = (2.
     mode = "ct" if rng.random() < ct_like_prob else "random"
     hu = _paint(deformed, rng, mode, body_id, bone_ids, id_map, meta)
     if mode == "random":
-        hu = _bias(hu, SimpleNamespace(spacing=sp, origin=origin), rng)
+        hu = bias_field(hu, SimpleNamespace(spacing=sp, origin=origin), rng)
     psf_mm = np.array([rng.uniform(0.4, 1.2), 0.0, rng.uniform(0.4, 2.0)])
     psf_mm[1] = psf_mm[0]
     hu = gaussian_blur(hu, psf_mm / sp)
@@ -360,12 +360,12 @@ class PaintedSource:
         if not cases:
             raise ValueError(f"no label-map case found in {path}")
         self.spacing = tuple(spacing)
-        self.id_map = _MAP_ALIASES[options.get("map", "auto").lower()]
+        self.id_map = MAP_ALIASES[options.get("map", "auto").lower()]
         self.centre = options.get("centre", "body")
         self.sacrum_as_s2 = options.get("sacrum_as_s2", "0").strip().lower() in ("1", "true", "yes", "on")
         self.maps: list[tuple[str, str, str]] = []  # (case id, label map, CT)
         for case in cases:
-            label_path = path if os.path.isfile(path) else _find_labels(os.path.dirname(case.image_path),
+            label_path = path if os.path.isfile(path) else find_label_file(os.path.dirname(case.image_path),
                                                                         options.get("seg"))
             self.maps.append((case.case_id, label_path, case.image_path))
         self._loaded: Optional[tuple[int, sitk.Image, sitk.Image]] = None

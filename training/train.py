@@ -136,7 +136,9 @@ def init_from(model: VertebraeNet, path: str) -> List[str]:
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", default="synthetic", help="synthetic | verse:DIR | csi:DIR | labelmap:DIR | painted:DIR (label maps painted with random intensities)")
+    p.add_argument("--data", default="synthetic",
+                   help="synthetic | verse:DIR | csi:DIR | labelmap:DIR | painted:DIR "
+                        "(label maps painted with random intensities)")
     p.add_argument("--val-data", help="validation data spec (default: same kind as --data, held-out seeds)")
     p.add_argument("--run-dir", dest="run", default="runs/default", help="output folder (checkpoints, log)")
     p.add_argument("--steps", type=int, default=20000)

@@ -7,12 +7,11 @@ import shutil
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from conftest import make_ct
 
 from VertebraeLabeling.VertebraeLabelingLib import cli
 from VertebraeLabeling.VertebraeLabelingLib.errors import InputImageError
 from VertebraeLabeling.VertebraeLabelingLib.image_io import read_image, validate_ct
-
-from conftest import make_ct
 
 
 def _run_cli(tmp_path, ct_path, *extra):

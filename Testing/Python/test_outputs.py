@@ -8,6 +8,7 @@ import re
 import jsonschema
 import numpy as np
 import pytest
+from conftest import SHARED, make_ct
 
 from VertebraeLabeling.VertebraeLabelingLib.inference import LabeledVertebra, LabelingResult
 from VertebraeLabeling.VertebraeLabelingLib.outputs import (
@@ -17,8 +18,6 @@ from VertebraeLabeling.VertebraeLabelingLib.outputs import (
     write_verse_json,
 )
 from VertebraeLabeling.VertebraeLabelingLib.vertebrae import VERSE_ID
-
-from conftest import SHARED, make_ct
 
 SCHEMA = os.path.join(SHARED, "schemas", "markups-schema-v1.0.3.json")
 SLICER_SCHEMA_PATTERN = r".*markups-schema-v1\.[0-9]+\.[0-9]+\.json#*$"

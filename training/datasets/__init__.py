@@ -27,7 +27,7 @@ __all__ = [
 ]
 
 KINDS = ("verse", "csi", "labelmap")
-_MAP_ALIASES = {"auto": "auto", "ts": "totalsegmentator", "totalsegmentator": "totalsegmentator",
+MAP_ALIASES = {"auto": "auto", "ts": "totalsegmentator", "totalsegmentator": "totalsegmentator",
                 "verse": "verse"}
 
 
@@ -73,9 +73,9 @@ def load_dataset(spec: str) -> List[AnnotatedCase]:
         return find_verse_cases(path, convention=options.get("convention", "auto"))
     if kind == "csi":
         return find_csi_cases(path, frame=options.get("frame", "image_mm"))
-    id_map = _MAP_ALIASES.get(options.get("map", "auto").lower())
+    id_map = MAP_ALIASES.get(options.get("map", "auto").lower())
     if id_map is None:
-        raise ValueError(f"labelmap: map must be one of {sorted(_MAP_ALIASES)}")
+        raise ValueError(f"labelmap: map must be one of {sorted(MAP_ALIASES)}")
     return find_labelmap_cases(path, seg=options.get("seg"), id_map=id_map,
                                sacrum_as_s2=_flag(options.get("sacrum_as_s2", "0")),
                                centre=options.get("centre", "mass"))

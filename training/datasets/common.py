@@ -7,7 +7,7 @@ project's frame: **LPS millimetres**, the frame SimpleITK reports for the image.
 
 import os
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional
 
 import numpy as np
 import SimpleITK as sitk

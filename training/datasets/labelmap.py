@@ -197,7 +197,9 @@ def _find_image(folder: str) -> Optional[str]:
     return None
 
 
-def _find_labels(folder: str, pattern: Optional[str]) -> Optional[str]:
+def find_label_file(folder: str, pattern: Optional[str]) -> Optional[str]:
+    """The label map in ``folder``: the first file matching ``pattern``, else the first that looks like one
+    (a TotalSegmentator "total" map first); None if there is none."""
     names = sorted(n for n in os.listdir(folder) if os.path.isfile(os.path.join(folder, n)))
     if pattern:
         names = [n for n in names if fnmatch.fnmatch(n, pattern) and n.lower().endswith(_IMAGE_EXTS)]
@@ -218,7 +220,7 @@ def case_from_folder(folder: str, seg: Optional[str] = None, id_map: str = "auto
     ``seg`` is a file-name pattern (``fnmatch``) picking the label map when several are there.
     """
     image = _find_image(folder)
-    label_path = _find_labels(folder, seg)
+    label_path = find_label_file(folder, seg)
     if image is None or label_path is None:
         return None
     notes = [f"ground truth from {os.path.basename(label_path)}"]

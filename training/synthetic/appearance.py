@@ -78,7 +78,7 @@ def render(cv: Canvas, rng: np.random.Generator, mode: str, bone_hu: dict[int, f
     flat[idx] += wb * (b - k) * np.float32(40.0)  # trabecular texture
 
     if mode == "random":
-        hu = _bias(hu, cv, rng)
+        hu = bias_field(hu, cv, rng)
     return gaussian_blur(hu, np.asarray(psf_mm) / sp)
 
 
@@ -124,8 +124,8 @@ def gaussian_blur(a: np.ndarray, sigma_vox) -> np.ndarray:
     return out
 
 
-def _bias(hu: np.ndarray, cv: Canvas, rng: np.random.Generator) -> np.ndarray:
-    """Smooth multiplicative bias field (applied to HU + 1000 so air stays air)."""
+def bias_field(hu: np.ndarray, cv: Canvas, rng: np.random.Generator) -> np.ndarray:
+    """``hu`` times a smooth random multiplicative bias field (applied to HU + 1000 so air stays air)."""
     coarse = rng.normal(0, rng.uniform(0.05, 0.2), (4, 4, 4)).astype(np.float32)
     src = sitk.GetImageFromArray(coarse)
     nz, ny, nx = hu.shape
