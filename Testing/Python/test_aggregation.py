@@ -90,3 +90,20 @@ def test_low_probability_votes_do_not_create_labels():
     truth = _spine(["L1", "L2"], start_k=40)
     preds = [_prediction(Block((0, 0, 0)), truth, prob=0.3)]
     assert aggregate(preds, SPACING).chosen == []
+
+
+def test_a_vertebra_cut_by_the_top_slice_is_kept_but_a_vote_at_an_inner_block_face_is_not():
+    """The volume's first slices are seen only by the block that starts there: its votes near that face
+    count. The same vote near a face inside the volume is left to the neighbouring block."""
+    truth = _spine(["T12", "L1", "L2", "L3"], start_k=2.0)  # T12's centre 4 mm below the top slice
+    shape = (150, 80, 80)
+    top, lower = Block((0, 0, 0)), Block((46, 0, 0))
+    preds = [_prediction(top, truth), _prediction(lower, truth)]
+    names = [VERTEBRA_NAMES[c.label] for c in aggregate(preds, SPACING, volume_shape=shape).chosen]
+    assert names == ["T12", "L1", "L2", "L3"]
+
+    # The same four, but the top block starts 2 slices into the volume: T12 now sits 0.5 voxels from a
+    # face with image beyond it, where the soft-argmax is not trusted.
+    shifted = [_prediction(Block((2, 0, 0)), {"T12": truth["T12"] + [0.5, 0, 0]}), preds[1]]
+    names = [VERTEBRA_NAMES[c.label] for c in aggregate(shifted, SPACING, volume_shape=shape).chosen]
+    assert "T12" not in names

@@ -46,3 +46,14 @@ def test_no_spine_no_blocks():
     hu[:, 20:60, 20:60] = 30.0  # soft tissue only
     assert find_spine_track(hu) is None
     assert plan_blocks(hu.shape, None) == []
+
+
+def test_blocks_reach_the_top_slice_when_the_track_starts_just_below_it():
+    """C1's thin ring often fails the bone test of the first slab; the blocks still start at the top."""
+    track = np.full((200, 3), np.nan)
+    track[8:194] = (8.0 + np.arange(186))[:, None] * [1, 0, 0] + [0, 60, 60]
+    starts = [b.start[0] for b in plan_blocks((200, 120, 120), track)]
+    assert min(starts) == 0 and max(starts) + 104 == 200
+    # A track that ends far from the volume's ends is not stretched to them.
+    track[:50] = np.nan
+    assert min(b.start[0] for b in plan_blocks((200, 120, 120), track)) == 42

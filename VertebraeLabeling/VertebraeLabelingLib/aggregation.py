@@ -19,7 +19,8 @@ from .vertebrae import NUM_VERTEBRAE, TYPICAL_SPACING_MM, VERTEBRA_NAMES
 
 #: Votes closer than this (mm) belong to the same cluster.
 CLUSTER_RADIUS_MM: float = 10.0
-#: Soft-argmax positions this close to a block face (voxels) are not trusted.
+#: Soft-argmax positions this close to a block face (voxels) are not trusted, unless that face is the
+#: volume's own boundary (see :func:`trusted_vote`).
 EDGE_MARGIN_VOXELS: float = 4.0
 
 
@@ -74,9 +75,7 @@ def cluster_votes(
         for pred in predictions:
             p = float(pred.probabilities[label])
             pos = pred.positions[label]
-            if p < min_probability or not pred.block.contains(pos, EDGE_MARGIN_VOXELS):
-                continue
-            if volume_shape is not None and not _inside(pos, volume_shape):
+            if p < min_probability or not trusted_vote(pred.block, pos, volume_shape):
                 continue
             pts.append(pos)
             wts.append(p)
@@ -86,14 +85,34 @@ def cluster_votes(
         for members in _greedy_clusters(pts_a, wts_a, CLUSTER_RADIUS_MM / spacing):
             centre = _weighted_median(pts_a[members], wts_a[members])
             seen = [float(pr.probabilities[label]) for pr in predictions
-                    if pr.block.contains(centre, EDGE_MARGIN_VOXELS)]
+                    if trusted_vote(pr.block, centre, volume_shape)]
             confidence = float(np.mean(seen)) if seen else float(wts_a[members].mean())
             candidates.append(Candidate(label, centre, confidence, votes=len(members)))
     return candidates
 
 
-def _inside(pos: np.ndarray, shape: Sequence[int]) -> bool:
-    return bool(np.all(pos >= -0.5) and np.all(pos <= np.asarray(shape) - 0.5))
+def trusted_vote(block: Block, pos: np.ndarray, volume_shape: Optional[Sequence[int]] = None) -> bool:
+    """Whether ``block`` can vote for a vertebra at ``pos`` (canonical voxels).
+
+    Near a block face that lies inside the volume the soft-argmax is pulled inwards, and a neighbouring
+    block sees the same place from its interior, so those votes are left out. A face on the volume's
+    boundary is different: no block sees past it, and the network was trained on crops whose faces cut
+    vertebrae. Excluding votes there dropped every vertebra whose centre lies within 8 mm of the top or
+    bottom slice (15 of the 23 vertebrae missed on 40 validation cases). Without ``volume_shape`` every
+    face is treated as interior.
+    """
+    pos = np.asarray(pos, dtype=float)
+    rel = pos - np.asarray(block.start)
+    size = np.asarray(block.shape)
+    low = np.full(3, EDGE_MARGIN_VOXELS)
+    high = np.full(3, EDGE_MARGIN_VOXELS)
+    if volume_shape is not None:
+        shape = np.asarray(volume_shape)
+        if not (np.all(pos >= -0.5) and np.all(pos <= shape - 0.5)):
+            return False
+        low[np.asarray(block.start) <= 0] = -0.5
+        high[np.asarray(block.start) + size >= shape] = -0.5
+    return bool(np.all(rel >= low) and np.all(rel <= size - 1 - high))
 
 
 def _greedy_clusters(points: np.ndarray, weights: np.ndarray, radius: float) -> list[np.ndarray]:

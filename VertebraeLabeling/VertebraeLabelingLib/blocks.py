@@ -120,6 +120,10 @@ def _top_peaks(score: np.ndarray, n: int, min_dist: int) -> tuple[np.ndarray, np
     return np.asarray(pts, dtype=float).reshape(-1, 2), np.asarray(vals, dtype=float)
 
 
+#: Slices (canonical voxels) the planned blocks reach beyond the first and last slice of the spine track.
+TRACK_END_MARGIN: int = 8
+
+
 def plan_blocks(
     volume_shape: Sequence[int],
     track: Optional[np.ndarray],
@@ -144,7 +148,10 @@ def plan_blocks(
     valid = np.nonzero(np.isfinite(track[:, 1]))[0]
     if valid.size == 0:
         return []
-    k_lo, k_hi = int(valid[0]), int(valid[-1]) + 1
+    # The track is found per slab and a slab holding only C1's thin ring or a cut vertebra can fail the
+    # bone test, so the blocks reach TRACK_END_MARGIN slices past its ends (clipped to the volume).
+    k_lo = max(0, int(valid[0]) - TRACK_END_MARGIN)
+    k_hi = min(int(shape[0]), int(valid[-1]) + 1 + TRACK_END_MARGIN)
     blocks = []
     for k in _axis_starts(k_hi - k_lo, int(bs[0]), stride):
         k_start = k_lo + k
