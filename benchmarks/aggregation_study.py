@@ -94,7 +94,7 @@ def report(paths: list[str], variants: dict[str, tuple[int, bool, Aggregator]]) 
         print(f"| {name} | {a.id_rate:.1f} | {a.mean_error_mm:.2f} ({a.std_error_mm:.2f}) | {regions} |")
 
 
-def _cached_synthetic(n: int, seed0: int, folder: str):
+def cached_synthetic_cases(n: int, seed0: int, folder: str):
     """Synthetic cases whose image and truth were kept by an earlier run (generated when missing)."""
     import json
 
@@ -137,7 +137,7 @@ def main(argv=None) -> int:
 
         cases = [from_annotated(c) for c in load_dataset("labelmap:../shared/data/ts_example_ct?centre=body")]
     elif args.image_cache:
-        cases = _cached_synthetic(args.cases, args.seed0, args.image_cache)
+        cases = cached_synthetic_cases(args.cases, args.seed0, args.image_cache)
     else:
         cases = synthetic_cases(args.cases, args.seed0)
     model = None

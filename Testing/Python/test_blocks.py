@@ -57,3 +57,16 @@ def test_blocks_reach_the_top_slice_when_the_track_starts_just_below_it():
     # A track that ends far from the volume's ends is not stretched to them.
     track[:50] = np.nan
     assert min(b.start[0] for b in plan_blocks((200, 120, 120), track)) == 42
+
+
+def test_a_dim_spine_behind_a_dense_sternum_keeps_the_track():
+    """Low-dose or osteoporotic bone can score below a dense sternum; the spine is the one at the back."""
+    rng = np.random.default_rng(0)
+    hu = np.full((64, 100, 100), -1000.0, dtype=np.float32)
+    hu[:, 5:95, 10:90] = 40.0  # the body, front at j = 5, back at j = 94
+    spine = rng.random((64, 14, 14)) < 0.35  # dim: a third of the body's voxels above the bone threshold
+    hu[:, 63:77, 43:57][spine] = 300.0
+    hu[:, 12:18, 40:60] = 900.0  # the sternum: thin and dense, at the front
+    track = find_spine_track(hu)
+    assert np.all(np.abs(track[:, 1] - 70) <= 3), np.unique(track[:, 1])
+    assert np.all(np.abs(track[:, 2] - 50) <= 3)

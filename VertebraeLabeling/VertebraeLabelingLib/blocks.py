@@ -74,11 +74,19 @@ def find_spine_track(
     # chain of candidates with the best total score minus a penalty for in-plane jumps (Viterbi),
     # so femoral heads or an iliac crest cannot pull it away from the column it follows elsewhere.
     slabs: list[tuple[int, np.ndarray, np.ndarray]] = []
+    mid_cols = slice(max(0, int(mid_i - 0.5 * half_w)), int(mid_i + 0.5 * half_w) + 1)
     for k0 in range(0, k_size, slab):
         proj = bone[k0 : k0 + slab].mean(axis=0)
-        score = _box_mean(proj, radius) * i_weight[None, :]
-        pts, vals = _top_peaks(score, n=4, min_dist=radius * 2)
-        keep = vals >= min_area
+        area = _box_mean(proj, radius) * i_weight[None, :]
+        depth = body[k0 : k0 + slab, :, mid_cols].mean(axis=(0, 2)) > 0.5
+        weighted = area * _depth_weight(depth, spacing)[:, None]
+        pts = _top_peaks(weighted, n=4, min_dist=radius * 2)[0].astype(int)
+        keep = area[pts[:, 0], pts[:, 1]] >= min_area
+        if not keep.any():
+            # Specks at the back outrank a dim column in front: the largest areas are the candidates.
+            pts = _top_peaks(area, n=4, min_dist=radius * 2)[0].astype(int)
+            keep = area[pts[:, 0], pts[:, 1]] >= min_area
+        vals = weighted[pts[:, 0], pts[:, 1]].astype(float)
         if keep.any():
             slabs.append((k0, pts[keep], vals[keep] / max(float(vals.max()), 1e-6)))
     if not slabs:
@@ -103,6 +111,26 @@ def find_spine_track(
         track[rows, 1] = pts[c, 0]
         track[rows, 2] = pts[c, 1]
     return track
+
+
+def _depth_weight(in_body: np.ndarray, spacing: float) -> np.ndarray:
+    """Weight of each front-to-back position j from where it lies in the body's depth at the midline.
+
+    The spine lies in the back half of the body at every level, while the sternum, costal cartilage,
+    contrast-filled vessels or bowel and the pubis lie in front. With dim bone (low dose, osteoporosis,
+    a soft reconstruction) those can outscore the vertebral bodies and the track follows them, so front
+    candidates are weighted down: 0.1 in the front 15 % of the depth, rising to 1 at 45 %. On 200
+    generated validation CTs the blocks then miss 14 vertebrae in 4 cases instead of 26 in 8
+    (``benchmarks/spine_search.py``). Runs shorter than 15 mm (the table, a skin fold) do not count as body.
+    """
+    weight = np.ones(in_body.shape[0], dtype=np.float32)
+    edges = np.flatnonzero(np.diff(np.concatenate(([0], in_body.astype(np.int8), [0]))))
+    runs = [(a, b) for a, b in zip(edges[::2], edges[1::2]) if (b - a) * spacing >= 15.0]
+    if not runs:
+        return weight
+    front, back = runs[0][0], runs[-1][1]
+    rel = (np.arange(in_body.shape[0]) - front) / max(back - front, 1)
+    return np.clip((rel - 0.15) / 0.3, 0.1, 1.0).astype(np.float32)
 
 
 def _top_peaks(score: np.ndarray, n: int, min_dist: int) -> tuple[np.ndarray, np.ndarray]:
