@@ -317,7 +317,8 @@ def test_oblique_copy_gets_the_same_points_within_3_mm(sample, model):
     oblique = rotated_copy(sample, _rotation(15.0, -8.0, 20.0))
     straight = {v.name: v.position_lps for v in _label(sample, model).vertebrae}
     tilted = {v.name: v.position_lps for v in _label(oblique, model).vertebrae}
-    shifts = {n: round(float(np.linalg.norm(tilted[n] - straight[n])), 1) for n in ("L1", "L2", "L3", "L4", "L5", "S1")}
+    whole = ("L1", "L2", "L3", "L4", "L5", "S1")
+    shifts = {n: round(float(np.linalg.norm(tilted[n] - straight[n])), 1) for n in whole}
     assert max(shifts.values()) <= 3.0, str(shifts)
 
 
