@@ -206,12 +206,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         if is_main:
             print(f"initialised from {args.init}; kept at random init: {', '.join(reinitialised) or 'nothing'}",
                   flush=True)
-    # With batch 2 the weights at any one step wander around a good region; their moving average sits
-    # nearer its centre (on cpu_v3 the mean of snapshots beat every single checkpoint by 1-3 points).
-    # GroupNorm, not BatchNorm, so the average needs no statistics recomputed.
-    ema = None
-    if args.ema_decay > 0:
-        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(args.ema_decay))
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.4, patience=args.patience,
                                                            min_lr=1e-6)
@@ -221,20 +215,25 @@ def main(argv: Optional[List[str]] = None) -> int:
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         step, best_val = int(ckpt["step"]), float(ckpt["best_val"])
-        if ema is not None and "ema" in ckpt:
-            ema.module.load_state_dict(ckpt["ema"])
-            ema.n_averaged.fill_(int(ckpt.get("ema_updates", 1)))
-        elif ema is not None:
-            # A run that had no average starts one from its current weights; their validation loss is not
-            # the average's, so the best so far is forgotten.
-            ema.module.load_state_dict(model.state_dict())
-            ema.n_averaged.fill_(1)
-            best_val = math.inf
         if args.set_lr:
             for group in optimizer.param_groups:
                 group["lr"] = args.set_lr
         if is_main:
             print(f"resumed from {ckpt_path} at step {step}", flush=True)
+    # With batch 2 the weights at any one step wander around a good region; their moving average sits
+    # nearer its centre (on cpu_v3 the mean of snapshots beat every single checkpoint by 1-3 points).
+    # GroupNorm, not BatchNorm, so the average needs no statistics recomputed.
+    ema = None
+    if args.ema_decay > 0:
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(args.ema_decay))  # a copy of the weights now
+        if ckpt is not None and "ema" in ckpt:
+            ema.module.load_state_dict(ckpt["ema"])
+            ema.n_averaged.fill_(int(ckpt.get("ema_updates", 1)))
+        elif ckpt is not None:
+            # A run that had no average starts one from its resumed weights; their validation loss is not
+            # the average's, so the best so far is forgotten.
+            ema.n_averaged.fill_(1)
+            best_val = math.inf
     net = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(

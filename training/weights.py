@@ -5,7 +5,8 @@
 * a training checkpoint (``RUN_DIR/last.pt``): model, EMA model, optimizer and scheduler states and the
   run's config, read with ``weights_only=True`` (plain tensors and numbers, no code).
 
-One reader, so that exporting, ``--init`` and evaluation cannot disagree on which tensors a file holds.
+One reader, so that exporting and ``--init`` cannot disagree on which tensors a file holds (evaluation
+loads exported weights through the core's ``model_io.load_model``, which shares ``manifest_architecture``).
 """
 
 import os
@@ -13,7 +14,7 @@ from typing import Any
 
 import torch
 
-from VertebraeLabeling.VertebraeLabelingLib.model_io import load_state_dict, manifest_path
+from VertebraeLabeling.VertebraeLabelingLib.model_io import load_state_dict, manifest_architecture, manifest_path
 
 Architecture = tuple[tuple[int, ...], int]
 
@@ -34,9 +35,7 @@ def read_weights(path: str, prefer_ema: bool = True) -> tuple[dict[str, Any], Ar
     """
     if os.path.exists(manifest_path(path)):
         state, manifest = load_state_dict(path)
-        architecture = (tuple(int(w) for w in manifest.get("widths", (8, 16, 32, 64))),
-                        int(manifest.get("heatmap_stride", 1)))
-        return state, architecture, dict(manifest.get("training", {}))
+        return state, manifest_architecture(manifest), dict(manifest.get("training", {}))
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     config = ckpt.get("config", {})
     use_ema = prefer_ema and "ema" in ckpt

@@ -116,6 +116,14 @@ def load_state_dict(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
     return state, manifest
 
 
+def manifest_architecture(manifest: dict[str, Any]) -> tuple[tuple[int, ...], int]:
+    """``(widths, heatmap_stride)`` of the network a manifest describes.
+
+    Weights from before the stride field existed decode to full resolution, the paper's layout.
+    """
+    return tuple(int(w) for w in manifest.get("widths", (8, 16, 32, 64))), int(manifest.get("heatmap_stride", 1))
+
+
 def load_model(path: Optional[str] = None, device: str = "cpu") -> tuple[VertebraeNet, dict[str, Any]]:
     """Load weights after verifying their checksum; return ``(model in eval mode, manifest)``.
 
@@ -125,9 +133,8 @@ def load_model(path: Optional[str] = None, device: str = "cpu") -> tuple[Vertebr
     path = path or default_model_path()
     state, manifest = load_state_dict(path)
     try:
-        # Weights from before the field existed decode to full resolution, the paper's layout.
-        model = VertebraeNet(widths=manifest.get("widths", (8, 16, 32, 64)),
-                             heatmap_stride=int(manifest.get("heatmap_stride", 1)))
+        widths, heatmap_stride = manifest_architecture(manifest)
+        model = VertebraeNet(widths=widths, heatmap_stride=heatmap_stride)
         model.load_state_dict(state, strict=True)
     except (RuntimeError, TypeError, ValueError) as exc:
         raise ModelFileError(f"{path} does not fit the VertebraeLabeling network: {str(exc)[:300]}") from None
