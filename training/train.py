@@ -158,6 +158,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--val-every", type=int, default=200)
     p.add_argument("--val-cases", type=int, default=4)
     p.add_argument("--save-every", type=int, default=200)
+    p.add_argument("--snapshot-every", type=int, default=0,
+                   help="also keep the raw weights every this many steps as RUN_DIR/snapshots/step_N.pt "
+                        "(for `training.export --raw` weight averaging; 0: none)")
+    p.add_argument("--max-minutes", type=float, default=0.0,
+                   help="stop cleanly (last.pt saved) after this much wall-clock time, e.g. a batch job's "
+                        "limit; 0: no limit")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="torch CPU threads")
@@ -186,6 +192,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     if device.type == "cuda":
         torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True  # one crop shape all run long: let cuDNN pick its fastest kernels
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed + rank)
@@ -315,7 +322,17 @@ def main(argv: Optional[List[str]] = None) -> int:
             save_weights(shipped, os.path.join(args.run, "best.pt"), trained=True,
                          description=f"best validation loss {val_loss:.4f} at step {step}",
                          training={"step": step, "val_loss": val_loss, "data": args.data})
-        if is_main and (step % args.save_every == 0 or step == args.steps):
+        out_of_time = bool(args.max_minutes) and time.time() - t_start > 60.0 * args.max_minutes
+        if world > 1 and args.max_minutes:
+            # every rank must stop at the same step, or the others would wait forever in the next all-reduce
+            flag = torch.tensor([float(out_of_time)], device=device)
+            dist.broadcast(flag, 0)
+            out_of_time = bool(flag)
+        if is_main and args.snapshot_every and step % args.snapshot_every == 0:
+            os.makedirs(os.path.join(args.run, "snapshots"), exist_ok=True)
+            torch.save({"model": model.state_dict(), "step": step, "best_val": best_val, "config": config},
+                       os.path.join(args.run, "snapshots", f"step_{step}.pt"))
+        if is_main and (step % args.save_every == 0 or step == args.steps or out_of_time):
             tmp = ckpt_path + ".tmp"
             state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict(), "step": step, "best_val": best_val, "config": config}
@@ -324,6 +341,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             torch.save(state, tmp)
             os.replace(tmp, ckpt_path)
             plot_log(log_path, os.path.join(args.run, "loss.png"))
+        if out_of_time:
+            if is_main:
+                print(f"stopping at step {step}: --max-minutes {args.max_minutes:g} reached", flush=True)
+            break
     if is_main:
         if log_file:
             log_file.close()

@@ -208,3 +208,23 @@ def test_exporting_several_checkpoints_writes_their_mean(tmp_path):
     save_weights(VertebraeNet(widths=(4, 8, 8, 8)), other, trained=True)
     with pytest.raises(ValueError, match="different architectures"):
         export_cli.main([paths[0], other, "--to", str(tmp_path / "bad.pt")])
+
+
+def test_a_time_limited_run_stops_cleanly_and_its_snapshots_export_as_their_mean(tmp_path):
+    """A batch job with a wall-clock limit: the run stops early with a resumable last.pt, and the raw-weight
+    snapshots it kept on the way export as one averaged model."""
+    run = str(tmp_path / "timed")
+    args = TINY + ["--run-dir", run, "--steps", "1000", "--val-every", "1000", "--save-every", "1000",
+                   "--snapshot-every", "1", "--max-minutes", "1e-9"]
+    assert train_cli.main(args) == 0
+    last = torch.load(os.path.join(run, "last.pt"), weights_only=True)
+    assert last["step"] == 1  # the limit was already spent after the first step
+    snaps = sorted(os.listdir(os.path.join(run, "snapshots")))
+    assert snaps == ["step_1.pt"]
+    assert train_cli.main(args + ["--resume"]) == 0
+    assert torch.load(os.path.join(run, "last.pt"), weights_only=True)["step"] == 2
+    paths = [os.path.join(run, "snapshots", f"step_{n}.pt") for n in (1, 2)]
+    out = str(tmp_path / "mean.pt")
+    assert export_cli.main(paths + ["--to", out, "--raw"]) == 0
+    _, manifest = load_model(out)
+    assert manifest["training"]["averaged_steps"] == [1, 2]
