@@ -188,6 +188,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     else:
         device = torch.device(args.device)
+        if device.type == "cuda" and device.index is None:  # plain "cuda": this rank's own GPU
+            device = torch.device("cuda", local_rank)
     if world > 1:
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     if device.type == "cuda":
