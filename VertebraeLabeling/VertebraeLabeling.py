@@ -79,6 +79,7 @@ except ImportError:  # Older Slicer or slicer-core without translations.
 
 
 from VertebraeLabelingLib import corrections
+from VertebraeLabelingLib.defaults import DEFAULT_STRIDE
 from VertebraeLabelingLib.vertebrae import NAME_TO_INDEX, REGION_COLORS, REGIONS, region_of
 
 MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -101,7 +102,6 @@ _CONFIDENCE_RE = re.compile(r"confidence\s*[=:]?\s*([0-9]*\.?[0-9]+)", re.IGNORE
 _PROGRESS_RE = re.compile(r"^PROGRESS\s+([0-9]*\.?[0-9]+)\s*(.*)$")
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
-DEFAULT_STRIDE = 52  # the core's default cranio-caudal block step (voxels of 2 mm)
 
 
 #

@@ -107,3 +107,22 @@ def test_a_vertebra_cut_by_the_top_slice_is_kept_but_a_vote_at_an_inner_block_fa
     shifted = [_prediction(Block((2, 0, 0)), {"T12": truth["T12"] + [0.5, 0, 0]}), preds[1]]
     names = [VERTEBRA_NAMES[c.label] for c in aggregate(shifted, SPACING, volume_shape=shape).chosen]
     assert "T12" not in names
+
+
+def test_blocks_that_agree_outvote_an_equally_sure_block_that_places_a_vertebra_a_level_off():
+    """The real sample CT's story: every block is sure L3 is present, one puts it between L2 and L3.
+
+    Probabilities alone cannot tell the two L3 clusters apart (each voter says 1.0); the share of the
+    blocks that could see the place and put L3 there can.
+    """
+    truth = _spine(["L1", "L2", "L3", "L4"], start_k=30)
+    wrong_l3 = truth["L2"] + 0.6 * (truth["L3"] - truth["L2"])  # 60 % of the way: still a plausible chain
+    blocks = [Block((k, 0, 0)) for k in (0, 26, 52)]
+    preds = [_prediction(blocks[0], truth, prob=1.0, override={"L3": (wrong_l3, 1.0)})]
+    preds += [_prediction(b, truth, prob=1.0) for b in blocks[1:]]
+    res = aggregate(preds, SPACING, volume_shape=(300, 80, 80))
+    chosen = {VERTEBRA_NAMES[c.label]: c.position for c in res.chosen}
+    assert set(chosen) == set(truth)
+    assert np.linalg.norm(chosen["L3"] - truth["L3"]) * SPACING < 1.0
+    wrong = [c for c in res.candidates if VERTEBRA_NAMES[c.label] == "L3" and c.votes == 1]
+    assert wrong and wrong[0].confidence < 0.6  # one of the two sure blocks that see it put it there

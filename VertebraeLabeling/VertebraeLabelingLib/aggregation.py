@@ -67,26 +67,42 @@ def cluster_votes(
     """Group each label's votes into clusters; each cluster becomes a :class:`Candidate`.
 
     A candidate's confidence is the mean probability that the blocks which could see it (it lies
-    in their interior) gave its label: two blocks saying 0.9 and one saying 0.1 → 0.63.
+    in their interior) gave its label (two blocks saying 0.9 and one saying 0.1 → 0.63), times its
+    agreement: the share of those blocks, among the ones sure the vertebra is there, that put it
+    here. The probability says *whether* a block holds the vertebra, not *where*: when one block
+    places L3 a level too high and two others agree on the true place, both clusters are equally
+    "certain", and only agreement tells them apart (100 validation CTs at stride 26: mean error
+    1.96 → 1.92 mm, id rate unchanged; the real sample CT's L3: 18.1 → 3.2 mm).
     """
     candidates: list[Candidate] = []
     for label in range(NUM_VERTEBRAE):
-        pts, wts = [], []
-        for pred in predictions:
+        pts, wts, voters = [], [], []
+        for n, pred in enumerate(predictions):
             p = float(pred.probabilities[label])
             pos = pred.positions[label]
             if p < min_probability or not trusted_vote(pred.block, pos, volume_shape):
                 continue
             pts.append(pos)
             wts.append(p)
+            voters.append(n)
         if not pts:
             continue
         pts_a, wts_a = np.asarray(pts, dtype=float), np.asarray(wts, dtype=float)
-        for members in _greedy_clusters(pts_a, wts_a, CLUSTER_RADIUS_MM / spacing):
+        radius = CLUSTER_RADIUS_MM / spacing
+        for members in _greedy_clusters(pts_a, wts_a, radius):
             centre = _weighted_median(pts_a[members], wts_a[members])
-            seen = [float(pr.probabilities[label]) for pr in predictions
-                    if trusted_vote(pr.block, centre, volume_shape)]
+            seers = [n for n, pr in enumerate(predictions) if trusted_vote(pr.block, centre, volume_shape)]
+            seen = [float(predictions[n].probabilities[label]) for n in seers]
             confidence = float(np.mean(seen)) if seen else float(wts_a[members].mean())
+            # Agreement among the blocks involved: the sure ones that see this place and the ones that
+            # voted into the cluster (a vote may come from a block whose interior ends just short of the
+            # cluster's centre). A block agrees when its own vote lies within the radius, trusted there
+            # or not: a vote a little inside a block face is imprecise, not a disagreement.
+            voted_here = {int(voters[m]) for m in members}
+            involved = voted_here | {n for n in seers if predictions[n].probabilities[label] >= min_probability}
+            agree = voted_here | {n for n in involved
+                                  if np.linalg.norm(predictions[n].positions[label] - centre) <= radius}
+            confidence *= len(agree) / len(involved)
             candidates.append(Candidate(label, centre, confidence, votes=len(members)))
     return candidates
 

@@ -13,6 +13,7 @@ from typing import Optional
 
 import numpy as np
 
+from .defaults import DEFAULT_STRIDE
 from .network import BLOCK_SHAPE
 
 BONE_HU: float = 200.0
@@ -155,14 +156,14 @@ TRACK_END_MARGIN: int = 8
 def plan_blocks(
     volume_shape: Sequence[int],
     track: Optional[np.ndarray],
-    stride: int = 52,
+    stride: int = DEFAULT_STRIDE,
     exhaustive: bool = False,
     block_shape: tuple[int, int, int] = BLOCK_SHAPE,
 ) -> list[Block]:
     """Block positions covering the spine (or, with ``exhaustive``, the whole volume).
 
-    Along the spine the blocks step ``stride`` slices (default half a block, so each vertebra is
-    seen twice) and each is centred in-plane on the track at its middle slice.
+    Along the spine the blocks step ``stride`` slices (default a quarter block, so each vertebra is
+    seen by 3-4 blocks) and each is centred in-plane on the track at its middle slice.
     """
     shape = np.asarray(volume_shape)
     bs = np.asarray(block_shape)

@@ -14,6 +14,7 @@ import time
 from typing import Optional
 
 from . import __version__
+from .defaults import DEFAULT_MIN_PROBABILITY, DEFAULT_STRIDE
 from .errors import CancelledError, VertebraeLabelingError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
@@ -96,9 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
     parser.add_argument("--model", help="weights file (.pt with its .json manifest); default: the bundled model")
     parser.add_argument("--overview", metavar="PNG", help="also save a sagittal/coronal picture with the labels")
-    parser.add_argument("--stride", type=int, default=52, help="cranio-caudal block step in 2 mm voxels (default 52)")
-    parser.add_argument("--min-probability", type=float, default=0.5,
-                        help="a block's vote counts above this probability (default 0.5)")
+    parser.add_argument("--stride", type=int, default=DEFAULT_STRIDE,
+                        help=f"cranio-caudal block step in 2 mm voxels (default {DEFAULT_STRIDE})")
+    parser.add_argument("--min-probability", type=float, default=DEFAULT_MIN_PROBABILITY,
+                        help=f"a block's vote counts above this probability (default {DEFAULT_MIN_PROBABILITY})")
     parser.add_argument("--exhaustive", action="store_true",
                         help="tile the whole volume instead of following the spine (slower)")
     parser.add_argument("--overwrite", action="store_true",

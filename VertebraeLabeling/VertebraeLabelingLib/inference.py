@@ -12,6 +12,7 @@ import SimpleITK as sitk
 import torch
 
 from . import aggregation, blocks, preprocessing
+from .defaults import DEFAULT_MIN_PROBABILITY, DEFAULT_STRIDE
 from .errors import CancelledError
 from .image_io import is_oblique, read_image, validate_ct
 from .model_io import load_model
@@ -72,8 +73,8 @@ def label_ct(
     device: str = "auto",
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelCallback] = None,
-    stride: int = 52,
-    min_probability: float = 0.5,
+    stride: int = DEFAULT_STRIDE,
+    min_probability: float = DEFAULT_MIN_PROBABILITY,
     exhaustive: bool = False,
     model_path: Optional[str] = None,
 ) -> LabelingResult:

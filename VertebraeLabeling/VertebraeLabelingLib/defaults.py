@@ -1,0 +1,14 @@
+"""Test-time defaults shared by the library, the command line and the Slicer panel.
+
+Torch-free, so the panel and ``--help`` can show them without importing PyTorch.
+"""
+
+#: Cranio-caudal step between network blocks (2 mm voxels): each vertebra is seen by 3-4 blocks.
+#: Half a block (52) is twice as fast, but a vertebra then gets only 1-2 votes to agree on. On 100
+#: validation CTs: id rate 96.9 → 97.4 %, mean error 2.07 → 1.92 mm (with agreement-weighted
+#: candidates), for about twice the network time (0.17 s a block on 2 CPU cores).
+DEFAULT_STRIDE: int = 26
+
+#: A block's vote for a vertebra counts only above this presence probability. 0.3 named 0.7 points
+#: more vertebrae on validation CTs but also added labels for vertebrae that are not there.
+DEFAULT_MIN_PROBABILITY: float = 0.5
