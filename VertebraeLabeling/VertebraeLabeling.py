@@ -79,7 +79,7 @@ except ImportError:  # Older Slicer or slicer-core without translations.
 
 
 from VertebraeLabelingLib import corrections
-from VertebraeLabelingLib.defaults import DEFAULT_STRIDE
+from VertebraeLabelingLib.defaults import DEFAULT_MIRROR, DEFAULT_STRIDE
 from VertebraeLabelingLib.vertebrae import NAME_TO_INDEX, REGION_COLORS, REGIONS, region_of
 
 MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -172,6 +172,7 @@ class VertebraeLabelingParameterNode:
     modelPath - weights file; empty = the model bundled with the extension.
     confidenceThreshold - points below it are highlighted for review.
     blockStride - cranio-caudal step between network blocks (2 mm voxels); smaller = slower.
+    mirrorBlocks - also run each block mirrored left-right, as a second vote (twice the network time).
     """
 
     inputVolume: slicer.vtkMRMLScalarVolumeNode
@@ -180,6 +181,7 @@ class VertebraeLabelingParameterNode:
     modelPath: str = ""
     confidenceThreshold: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     blockStride: Annotated[int, WithinRange(8, 104)] = DEFAULT_STRIDE
+    mirrorBlocks: bool = DEFAULT_MIRROR
 
 
 #
@@ -366,7 +368,7 @@ class VertebraeLabelingLogic(ScriptedLoadableModuleLogic):
             raise RuntimeError(f"Could not write the volume to {path}")
 
     def buildCommand(self, inputPath: str, resultPath: str, cancelFile: str, device: str = "auto",
-                     modelPath: str = "", stride: int = 0) -> list[str]:
+                     modelPath: str = "", stride: int = 0, mirror: bool = True) -> list[str]:
         """Command line of the worker process."""
         if device not in DEVICE_CHOICES:
             raise ValueError(f"device must be one of {DEVICE_CHOICES}, not {device!r}")
@@ -376,10 +378,12 @@ class VertebraeLabelingLogic(ScriptedLoadableModuleLogic):
             command += ["--model", modelPath]
         if stride:
             command += ["--stride", str(int(stride))]
+        if not mirror:
+            command += ["--no-mirror"]
         return command
 
     def startLabeling(self, volumeNode, device: str = "auto", modelPath: str = "", stride: int = 0,
-                      command: Optional[list[str]] = None) -> LabelingJob:
+                      command: Optional[list[str]] = None, mirror: bool = True) -> LabelingJob:
         """Write the volume to a temporary folder and start the worker on it (returns at once).
 
         ``command`` replaces ``[python, worker script]`` at the head of the command line (tests
@@ -394,7 +398,7 @@ class VertebraeLabelingLogic(ScriptedLoadableModuleLogic):
         resultPath = os.path.join(tempDir, "result.json")
         cancelFile = os.path.join(tempDir, "cancel")
         self.writeVolume(volumeNode, inputPath)
-        fullCommand = self.buildCommand(inputPath, resultPath, cancelFile, device, modelPath, stride)
+        fullCommand = self.buildCommand(inputPath, resultPath, cancelFile, device, modelPath, stride, mirror)
         if command is not None:
             fullCommand = list(command) + fullCommand[2:]
         env = None
@@ -419,7 +423,7 @@ class VertebraeLabelingLogic(ScriptedLoadableModuleLogic):
         return result
 
     def process(self, volumeNode, outputNode=None, device: str = "auto", modelPath: str = "", stride: int = 0,
-                overwriteEdited: bool = False, timeout: Optional[float] = None):
+                overwriteEdited: bool = False, timeout: Optional[float] = None, mirror: bool = True):
         """Label ``volumeNode`` and wait for the result (for scripts and tests; the GUI does not block).
 
         Returns the output point list (created when ``outputNode`` is None).
@@ -429,7 +433,7 @@ class VertebraeLabelingLogic(ScriptedLoadableModuleLogic):
         """
         if outputNode is not None and self.isEdited(outputNode) and not overwriteEdited:
             raise ValueError(_("The point list has been edited; set overwriteEdited to replace it."))
-        job = self.startLabeling(volumeNode, device, modelPath, stride)
+        job = self.startLabeling(volumeNode, device, modelPath, stride, mirror=mirror)
         try:
             job.wait(timeout)
             return self.finishLabeling(job, volumeNode, outputNode)
@@ -890,7 +894,7 @@ class VertebraeLabelingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui.logTextEdit.clear()
         with slicer.util.tryWithErrorDisplay(_("Failed to start labeling."), waitCursor=True):
             stride = p.blockStride if p.blockStride != DEFAULT_STRIDE else 0
-            self._job = self.logic.startLabeling(volumeNode, p.device, p.modelPath, stride)
+            self._job = self.logic.startLabeling(volumeNode, p.device, p.modelPath, stride, mirror=p.mirrorBlocks)
         if self._job is None:
             return
         self._jobVolumeNode, self._jobOutputNode = volumeNode, outputNode

@@ -1,4 +1,4 @@
-"""Test-time choices measured offline: block stride, left-right flip averaging, aggregation method.
+"""Test-time choices measured offline: block stride, the mirrored second look, aggregation method.
 
 The network runs once per distinct block of each case (stride-13 blocks include every stride-26
 and stride-52 block start; each block is also run mirrored) and the raw per-block outputs are
@@ -30,17 +30,6 @@ STRIDES = (52, 26, 13)
 Aggregator = Callable[..., aggregation.AggregationResult]
 
 
-def _mirrored_predictions(model, volume: np.ndarray, plan: list[blocks.Block], fill: float):
-    """The core's block predictions on the left-right mirrored volume, mapped back to the original."""
-    width = volume.shape[2]
-    mirrored = [blocks.Block((b.start[0], b.start[1], width - b.start[2] - b.shape[2]), b.shape) for b in plan]
-    preds = inference.predict_blocks(model, np.ascontiguousarray(volume[:, :, ::-1]), mirrored,
-                                     torch.device("cpu"), fill)
-    for pred in preds:
-        pred.positions[:, 2] = width - 1 - pred.positions[:, 2]
-    return preds
-
-
 def cache_case(model, case: EvaluationCase, path: str, real: bool, strides=STRIDES, flips=(False, True)) -> None:
     """Run every block of the case (plain and mirrored) and save outputs + truth in canonical voxels."""
     truth = {k: v for k, v in case.centroids.items() if k not in case.partial} if real else case.centroids
@@ -52,9 +41,11 @@ def cache_case(model, case: EvaluationCase, path: str, real: bool, strides=STRID
     plans = {s: np.array([b.start for b in blocks.plan_blocks(volume.shape, track, stride=s)]).reshape(-1, 3)
              for s in strides}
     plan = [blocks.Block(start) for start in starts]
-    plain = inference.predict_blocks(model, norm, plan, torch.device("cpu"), fill)
-    # A skipped mirror repeats the plain output, so the cache keeps one layout.
-    mirror = _mirrored_predictions(model, norm, plan, fill) if True in flips else plain
+    if True in flips:  # the core's mirrored second look: plain and mirrored predictions alternate
+        both = inference.predict_blocks(model, norm, plan, torch.device("cpu"), fill, mirror=True)
+        plain, mirror = both[0::2], both[1::2]
+    else:  # a skipped mirror repeats the plain output, so the cache keeps one layout
+        plain = mirror = inference.predict_blocks(model, norm, plan, torch.device("cpu"), fill)
     probs = [[a.probabilities, b.probabilities] for a, b in zip(plain, mirror)]
     coords = [[a.positions, b.positions] for a, b in zip(plain, mirror)]
     names = sorted(truth)
@@ -72,10 +63,9 @@ def score_cached(path: str, stride: int, flip: bool, aggregate: Aggregator) -> m
     preds = []
     for start in z[f"plan{stride}"].tolist():
         n = index[tuple(start)]
-        p, c = z["probs"][n, 0], z["coords"][n, 0]
-        if flip:
-            p, c = 0.5 * (p + z["probs"][n, 1]), 0.5 * (c + z["coords"][n, 1])
-        preds.append(aggregation.BlockPrediction(blocks.Block(tuple(start)), p, c))
+        preds.append(aggregation.BlockPrediction(blocks.Block(tuple(start)), z["probs"][n, 0], z["coords"][n, 0]))
+        if flip:  # as the core does it: the mirrored look is a vote of its own
+            preds.append(aggregation.BlockPrediction(blocks.Block(tuple(start)), z["probs"][n, 1], z["coords"][n, 1]))
     spacing = float(z["spacing"])
     agg = aggregate(preds, spacing, 0.5, tuple(z["shape"].tolist()))
     predicted = {VERTEBRA_NAMES[c.label]: c.position * spacing for c in agg.chosen}

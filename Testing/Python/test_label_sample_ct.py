@@ -118,3 +118,26 @@ def test_progress_is_reported_up_to_done(sample_ct_path, bundled):
     label_ct(read_image(sample_ct_path), model=model, device="cpu", progress=lambda f, m: seen.append((f, m)))
     fractions = [f for f, _ in seen]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0 and len(seen) >= 4
+
+
+def test_the_mirrored_look_at_a_block_lands_on_the_same_vertebrae(sample_ct_path, bundled):
+    """The mirrored second look is mapped back into the volume: on a block shifted 15 voxels sideways,
+    so the spine is far from the block's middle, both looks put each vertebra they are sure of within a
+    few mm of each other (a look left in mirrored coordinates would be about 30 voxels = 60 mm off)."""
+    import torch
+
+    from VertebraeLabeling.VertebraeLabelingLib import blocks, preprocessing
+    from VertebraeLabeling.VertebraeLabelingLib.inference import predict_blocks
+
+    model, _ = bundled
+    volume = preprocessing.to_canonical(read_image(sample_ct_path))
+    normalized = preprocessing.zscore(volume.hu)
+    track = blocks.find_spine_track(volume.hu, volume.spacing)
+    first = blocks.plan_blocks(volume.shape, track)[1]
+    shifted = blocks.Block((first.start[0], first.start[1], first.start[2] + 15), first.shape)
+    plain, mirrored = predict_blocks(model, normalized, [shifted], torch.device("cpu"),
+                                       float(normalized.min()), mirror=True)
+    sure = (plain.probabilities > 0.9) & (mirrored.probabilities > 0.9)
+    assert sure.sum() >= 2
+    gaps_mm = np.linalg.norm(plain.positions[sure] - mirrored.positions[sure], axis=1) * volume.spacing
+    assert gaps_mm.max() < 6.0, gaps_mm

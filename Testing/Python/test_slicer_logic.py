@@ -58,12 +58,13 @@ def _result_from_annotation(ann, confidence=0.9):
 # ---------------------------------------------------------------------------------------------
 
 
-def test_worker_runs_the_core_and_reports_progress(tmp_path):
+@pytest.mark.parametrize("options", [[], ["--no-mirror", "--stride", "52"]], ids=["defaults", "fast"])
+def test_worker_runs_the_core_and_reports_progress(tmp_path, options):
     pytest.importorskip("torch")
     out = tmp_path / "result.json"
     proc = subprocess.run(
         [sys.executable, str(WORKER), "--lib-dir", str(MODULE_DIR), "--input", str(CT), "--output", str(out),
-         "--device", "cpu", "--cancel-file", str(tmp_path / "cancel")],
+         "--device", "cpu", "--cancel-file", str(tmp_path / "cancel")] + options,
         capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     progress = [line for line in proc.stdout.splitlines() if line.startswith("PROGRESS ")]
@@ -325,6 +326,8 @@ def test_job_progress_and_finish(mod, scene, volume, tmp_path):
     job = logic.startLabeling(volume, "cpu", command=[sys.executable, str(script)])
     assert os.path.getsize(os.path.join(job.tempDir, "input.nrrd")) > 1e6  # the CT was written for it
     assert job.command[job.command.index("--device") + 1] == "cpu"
+    assert "--no-mirror" not in job.command  # the core's default: the mirrored second look is on
+    assert "--no-mirror" in logic.buildCommand("in.nrrd", "out.json", "cancel", "cpu", mirror=False)
     job.onProgress = lambda f, m: seen.append((f, m))
     assert job.wait(timeout=60) == 0
     assert [f for f, _ in seen] == [0.0, 0.5, 1.0]

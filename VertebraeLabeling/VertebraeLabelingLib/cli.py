@@ -14,7 +14,7 @@ import time
 from typing import Optional
 
 from . import __version__
-from .defaults import DEFAULT_MIN_PROBABILITY, DEFAULT_STRIDE
+from .defaults import DEFAULT_MIN_PROBABILITY, DEFAULT_MIRROR, DEFAULT_STRIDE
 from .errors import CancelledError, VertebraeLabelingError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
@@ -101,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"cranio-caudal block step in 2 mm voxels (default {DEFAULT_STRIDE})")
     parser.add_argument("--min-probability", type=float, default=DEFAULT_MIN_PROBABILITY,
                         help=f"a block's vote counts above this probability (default {DEFAULT_MIN_PROBABILITY})")
+    parser.add_argument("--no-mirror", dest="mirror", action="store_false", default=DEFAULT_MIRROR,
+                        help="skip the left-right mirrored second look at each block (half the network time, "
+                             "a little less accurate)")
     parser.add_argument("--exhaustive", action="store_true",
                         help="tile the whole volume instead of following the spine (slower)")
     parser.add_argument("--overwrite", action="store_true",
@@ -142,7 +145,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         image = read_image(args.ct_path)
         model, manifest = load_model(args.model, device="cpu")
         result = label_ct(image, model=model, device=args.device, progress=progress, stride=args.stride,
-                          min_probability=args.min_probability, exhaustive=args.exhaustive)
+                          min_probability=args.min_probability, exhaustive=args.exhaustive, mirror=args.mirror)
         write_result(result, output, args.format, reference_image=image)
         if args.overview:
             from .overview import render_overview

@@ -12,3 +12,9 @@ DEFAULT_STRIDE: int = 26
 #: A block's vote for a vertebra counts only above this presence probability. 0.3 named 0.7 points
 #: more vertebrae on validation CTs but also added labels for vertebrae that are not there.
 DEFAULT_MIN_PROBABILITY: float = 0.5
+
+#: Look at each block a second time, mirrored left-right, and count it as a vote of its own. On 100
+#: validation CTs (stride 26): id rate 97.4 → 97.6 %, mean error 1.90 → 1.83 mm, for twice the network
+#: time. (Averaging the two looks instead gave 1.77 mm but 97.2 %: where they disagree on the level,
+#: the average lands between two vertebrae; as separate votes the agreement weighting sorts them out.)
+DEFAULT_MIRROR: bool = True

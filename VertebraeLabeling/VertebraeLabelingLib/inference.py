@@ -12,7 +12,7 @@ import SimpleITK as sitk
 import torch
 
 from . import aggregation, blocks, preprocessing
-from .defaults import DEFAULT_MIN_PROBABILITY, DEFAULT_STRIDE
+from .defaults import DEFAULT_MIN_PROBABILITY, DEFAULT_MIRROR, DEFAULT_STRIDE
 from .errors import CancelledError
 from .image_io import is_oblique, read_image, validate_ct
 from .model_io import load_model
@@ -47,8 +47,13 @@ def predict_blocks(
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelCallback] = None,
     progress_span=(0.0, 1.0),
+    mirror: bool = False,
 ) -> list[aggregation.BlockPrediction]:
-    """Run the network on each block of a normalised canonical volume."""
+    """Run the network on each block of a normalised canonical volume.
+
+    With ``mirror`` each block is also run left-right mirrored and that second look is mapped back and
+    returned as a prediction of its own, right after the plain one (two per block).
+    """
     out: list[aggregation.BlockPrediction] = []
     memory_format = torch.channels_last_3d if device.type == "cpu" else torch.contiguous_format
     model = model.to(device=device, memory_format=memory_format)
@@ -57,11 +62,15 @@ def predict_blocks(
         for n, block in enumerate(block_list):
             _check_cancel(cancel)
             data = blocks.extract_block(volume, block, fill)
-            x = torch.from_numpy(data)[None, None].to(device).contiguous(memory_format=memory_format)
-            pred = model(x)
-            probs = torch.sigmoid(pred["logits"][0].float()).cpu().numpy()
-            coords = pred["coords"][0].float().cpu().numpy() + np.asarray(block.start, dtype=float)
-            out.append(aggregation.BlockPrediction(block, probs, coords))
+            views = [data, np.ascontiguousarray(data[..., ::-1])] if mirror else [data]
+            for mirrored, view in enumerate(views):
+                x = torch.from_numpy(view)[None, None].to(device).contiguous(memory_format=memory_format)
+                pred = model(x)
+                probs = torch.sigmoid(pred["logits"][0].float()).cpu().numpy()
+                local = pred["coords"][0].float().cpu().numpy()
+                if mirrored:
+                    local[:, 2] = block.shape[2] - 1 - local[:, 2]
+                out.append(aggregation.BlockPrediction(block, probs, local + np.asarray(block.start, dtype=float)))
             if progress is not None:
                 progress(lo + (hi - lo) * (n + 1) / len(block_list), f"block {n + 1}/{len(block_list)}")
     return out
@@ -77,6 +86,7 @@ def label_ct(
     min_probability: float = DEFAULT_MIN_PROBABILITY,
     exhaustive: bool = False,
     model_path: Optional[str] = None,
+    mirror: bool = DEFAULT_MIRROR,
 ) -> LabelingResult:
     """Find and name the vertebrae in ``image``.
 
@@ -89,6 +99,7 @@ def label_ct(
         stride: cranio-caudal step between blocks (voxels of 2 mm); smaller = more votes, slower.
         min_probability: a block's vote for a vertebra counts only above this probability.
         exhaustive: tile the whole volume instead of following the spine (slow; for comparison).
+        mirror: also look at each block left-right mirrored, as a second vote (twice the network time).
     Raises:
         InputImageError, ModelFileError, CancelledError.
     """
@@ -128,7 +139,7 @@ def label_ct(
         result.messages.append("No spine was found in the image (no column of bone); nothing was labeled.")
         report(1.0, "done")
         return result
-    predictions = predict_blocks(model, normalized, block_list, dev, fill, report, cancel, (0.1, 0.95))
+    predictions = predict_blocks(model, normalized, block_list, dev, fill, report, cancel, (0.1, 0.95), mirror)
     t3 = time.perf_counter()
     result.timings["network"] = t3 - t2
     _check_cancel(cancel)

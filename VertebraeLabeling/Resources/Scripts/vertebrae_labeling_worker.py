@@ -37,6 +37,8 @@ def _parse_args(argv):
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--model", default="", help="weights file; empty = the bundled model")
     parser.add_argument("--stride", type=int, default=0, help="block stride; 0 = the core's default")
+    parser.add_argument("--no-mirror", dest="mirror", action="store_false", default=True,
+                        help="skip the mirrored second look at each block")
     parser.add_argument("--cancel-file", default="", help="stop as soon as this file exists")
     return parser.parse_args(argv)
 
@@ -72,6 +74,8 @@ def main(argv=None):
             kwargs["model_path"] = args.model
         if args.stride > 0:
             kwargs["stride"] = args.stride
+        if not args.mirror:
+            kwargs["mirror"] = False
         result = label_ct(read_image(args.input), **kwargs)
     except CancelledError:
         print("Cancelled.", flush=True)
