@@ -15,6 +15,7 @@ from typing import Optional
 import numpy as np
 
 from .blocks import Block
+from .defaults import DEFAULT_MIN_PROBABILITY
 from .vertebrae import NUM_VERTEBRAE, TYPICAL_SPACING_MM, VERTEBRA_NAMES
 
 #: Votes closer than this (mm) belong to the same cluster.
@@ -61,7 +62,7 @@ class AggregationResult:
 def cluster_votes(
     predictions: Sequence[BlockPrediction],
     spacing: float,
-    min_probability: float = 0.5,
+    min_probability: float = DEFAULT_MIN_PROBABILITY,
     volume_shape: Optional[Sequence[int]] = None,
 ) -> list[Candidate]:
     """Group each label's votes into clusters; each cluster becomes a :class:`Candidate`.
@@ -206,7 +207,7 @@ def enforce_anatomical_order(
 def aggregate(
     predictions: Sequence[BlockPrediction],
     spacing: float,
-    min_probability: float = 0.5,
+    min_probability: float = DEFAULT_MIN_PROBABILITY,
     volume_shape: Optional[Sequence[int]] = None,
 ) -> AggregationResult:
     """Cluster the votes and enforce the anatomical order; see the module docstring."""
