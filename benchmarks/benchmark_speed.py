@@ -132,7 +132,9 @@ t1 = time.perf_counter()
 image = read_image({path!r})
 t_read = time.perf_counter() - t1
 result = label_ct(image, model=model, device={device!r}, exhaustive={exhaustive})
+from VertebraeLabeling.VertebraeLabelingLib.defaults import DEFAULT_MIRROR, DEFAULT_STRIDE
 out = dict(timings=dict(read=t_read, **result.timings), blocks=result.num_blocks, labels=len(result.vertebrae),
+           stride=DEFAULT_STRIDE, mirror=DEFAULT_MIRROR,
            input_size=list(image.GetSize()), input_spacing=list(image.GetSpacing()),
            input_mb=image.GetNumberOfPixels() * image.GetSizeOfPixelComponent() / 2**20,
            rss_ready_mb=rss_ready, peak_rss_mb=status("VmHWM:"), import_s=t_import,
@@ -215,7 +217,10 @@ def report() -> str:
         f"Machine: {any_rec['cpu']}, {any_rec['cores']} cores, torch {any_rec['torch']} "
         f"({any_rec['threads']} threads). Written by `benchmarks/benchmark_speed.py`; each row is one run in a "
         "fresh process. Times in seconds; *total* = read + preprocess + spine search + network + aggregate; "
-        "*peak RSS* is the process's resident-memory high-water mark (imports, model and input included).",
+        "*peak RSS* is the process's resident-memory high-water mark (imports, model and input included). "
+        f"Test-time settings of these runs: block stride {any_rec.get('stride', 52)}, mirrored second look "
+        f"{'on' if any_rec.get('mirror', False) else 'off'} (*blocks* counts the planned blocks; with the mirror "
+        "the network runs twice per block).",
         "",
         "Targets (issues 4 and 7): full-spine CT (≈200×180×180 voxels after resampling) ≤ 30 s on 2 CPU cores; "
         "peak RAM ≤ 2 GB for a 512×512×1000 input.",
