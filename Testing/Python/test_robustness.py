@@ -430,7 +430,7 @@ def test_cancel_during_the_network_stage_keeps_the_previous_output(tmp_path, sam
     with pytest.raises(CancelledError):
         result = label_ct(sample, model=model, device="cpu", progress=progress, cancel=cancel)
         write_result(result, str(out), "mrk")
-    assert "block 1/3" in seen and not any(m.startswith("block 2") for m in seen)
+    assert any(m.startswith("block 1/") for m in seen) and not any(m.startswith("block 2") for m in seen)
     _assert_untouched(tmp_path, out)
 
 
