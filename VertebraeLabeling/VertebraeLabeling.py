@@ -368,7 +368,7 @@ class VertebraeLabelingLogic(ScriptedLoadableModuleLogic):
             raise RuntimeError(f"Could not write the volume to {path}")
 
     def buildCommand(self, inputPath: str, resultPath: str, cancelFile: str, device: str = "auto",
-                     modelPath: str = "", stride: int = 0, mirror: bool = True) -> list[str]:
+                     modelPath: str = "", stride: int = 0, mirror: bool = DEFAULT_MIRROR) -> list[str]:
         """Command line of the worker process."""
         if device not in DEVICE_CHOICES:
             raise ValueError(f"device must be one of {DEVICE_CHOICES}, not {device!r}")
@@ -383,7 +383,7 @@ class VertebraeLabelingLogic(ScriptedLoadableModuleLogic):
         return command
 
     def startLabeling(self, volumeNode, device: str = "auto", modelPath: str = "", stride: int = 0,
-                      command: Optional[list[str]] = None, mirror: bool = True) -> LabelingJob:
+                      command: Optional[list[str]] = None, mirror: bool = DEFAULT_MIRROR) -> LabelingJob:
         """Write the volume to a temporary folder and start the worker on it (returns at once).
 
         ``command`` replaces ``[python, worker script]`` at the head of the command line (tests
@@ -423,7 +423,7 @@ class VertebraeLabelingLogic(ScriptedLoadableModuleLogic):
         return result
 
     def process(self, volumeNode, outputNode=None, device: str = "auto", modelPath: str = "", stride: int = 0,
-                overwriteEdited: bool = False, timeout: Optional[float] = None, mirror: bool = True):
+                overwriteEdited: bool = False, timeout: Optional[float] = None, mirror: bool = DEFAULT_MIRROR):
         """Label ``volumeNode`` and wait for the result (for scripts and tests; the GUI does not block).
 
         Returns the output point list (created when ``outputNode`` is None).
