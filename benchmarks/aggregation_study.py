@@ -23,6 +23,7 @@ import torch
 from training import metrics
 from training.evaluate import EvaluationCase, from_annotated, synthetic_cases
 from VertebraeLabeling.VertebraeLabelingLib import aggregation, blocks, inference, preprocessing
+from VertebraeLabeling.VertebraeLabelingLib.defaults import DEFAULT_MIN_PROBABILITY
 from VertebraeLabeling.VertebraeLabelingLib.model_io import load_model
 from VertebraeLabeling.VertebraeLabelingLib.vertebrae import VERTEBRA_NAMES
 
@@ -67,7 +68,7 @@ def score_cached(path: str, stride: int, flip: bool, aggregate: Aggregator) -> m
         if flip:  # as the core does it: the mirrored look is a vote of its own
             preds.append(aggregation.BlockPrediction(blocks.Block(tuple(start)), z["probs"][n, 1], z["coords"][n, 1]))
     spacing = float(z["spacing"])
-    agg = aggregate(preds, spacing, 0.5, tuple(z["shape"].tolist()))
+    agg = aggregate(preds, spacing, DEFAULT_MIN_PROBABILITY, tuple(z["shape"].tolist()))
     predicted = {VERTEBRA_NAMES[c.label]: c.position * spacing for c in agg.chosen}
     truth = {str(n): k * spacing for n, k in zip(z["truth_names"], z["truth_kji"])}
     return metrics.evaluate_case(predicted, truth, os.path.basename(path))
