@@ -90,11 +90,10 @@ def test_bundled_model_names_every_whole_vertebra_of_the_real_ct(sample_result, 
         assert closest == name and errors[name] <= 20.0, (name, closest, errors)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 5 target not met yet by the bundled model: S1 9.1 mm (placed "
-                                       "8.8 mm too far back); L1-L5 are within 4.7 mm")
 def test_bundled_model_meets_the_5_mm_target_on_the_real_ct(sample_result, sample_body_centres_lps, bundled):
-    """Issue 5's target: every whole vertebra within 5 mm of its body centre. Strict: passing turns red,
-    so the marker is removed as soon as a model meets the target."""
+    """Issue 5's target: every whole vertebra within 5 mm of its body centre. S1 is the tight one (4.8 mm
+    with the bundled model); its truth is found across its own 45-degree canal (``body_centres``), within
+    about 1.4 mm (median) of the truth on synthetic S1 masks."""
     errors = _errors_to_body_centres(sample_result, sample_body_centres_lps, bundled)
     assert max(errors.values()) <= 5.0, errors
 

@@ -130,46 +130,99 @@ def label_centroids(labels: sitk.Image, id_map: str = "auto", sacrum_as_s2: bool
 MIN_CANAL_AREA_MM2 = 60.0
 
 
-def body_centres(labels: sitk.Image, label_ids: List[int]) -> Dict[int, np.ndarray]:
+def body_centres(labels: sitk.Image, label_ids: List[int], follow_canal: bool = True) -> Dict[int, np.ndarray]:
     """Vertebral *body* centre (LPS mm) of each label, estimated from its mask: what VerSe and CSI annotate.
 
-    In each axial slice the spinal canal is the largest hole the vertebra's mask encloses; the body is the
-    part of the mask anterior to the canal's front wall (slices whose arch is open use the median front
-    wall of the others). Labels in which no canal is found (C1 has no body; a cut vertebra may show no
-    closed arch) are left out; :func:`label_centroids` decides what they get.
-    """
-    from scipy import ndimage
+    In each slice across the spine the spinal canal is the largest hole the vertebra's mask encloses;
+    the body is the part of the mask anterior to the canal's front wall (slices whose arch is open use
+    the median front wall of the others). Labels in which no canal is found (C1 has no body; a cut
+    vertebra may show no closed arch) are left out; :func:`label_centroids` decides what they get.
 
+    With ``follow_canal`` the slices need not be axial: the mask is also cut at the sagittal tilts of
+    :data:`TILTS_DEG`, and the tilt along which the closed canal runs longest (by more than one
+    slice over the axial cut) is used. A steep S1 (45 degrees) shows its canal in one or two axial
+    slices only; one front wall then serves every slice and cuts the tilted body obliquely.
+    """
     oriented = sitk.DICOMOrient(labels, "LPS")  # voxel axes run towards L, P, S: array (S, P, L)
-    geometry = ImageGeometry.of(oriented)
     arr = sitk.GetArrayViewFromImage(oriented)
-    pixel_mm2 = geometry.spacing[0] * geometry.spacing[1]
     out: Dict[int, np.ndarray] = {}
     for label in label_ids:
         zz, yy, xx = np.nonzero(arr == label)
         if zz.size == 0:
             continue
-        z0, y0, x0 = zz.min(), yy.min(), xx.min()
-        mask = np.asarray(arr[z0:zz.max() + 1, y0:yy.max() + 1, x0:xx.max() + 1]) == label
-        fronts: Dict[int, int] = {}
-        for k in range(mask.shape[0]):
-            holes, n = ndimage.label(ndimage.binary_fill_holes(mask[k]) & ~mask[k])
-            if n == 0:
-                continue
-            sizes = np.bincount(holes.ravel())[1:]
-            biggest = int(np.argmax(sizes)) + 1
-            if sizes[biggest - 1] * pixel_mm2 >= MIN_CANAL_AREA_MM2:
-                fronts[k] = int(np.nonzero(holes == biggest)[0].min())  # smallest P index = front wall
-        if not fronts:
+        lo = np.maximum(np.array([xx.min(), yy.min(), zz.min()]) - 2, 0)
+        hi = np.minimum(np.array([xx.max(), yy.max(), zz.max()]) + 3, np.array(oriented.GetSize()))
+        mask = sitk.RegionOfInterest(oriented, [int(v) for v in hi - lo], [int(v) for v in lo]) == label
+        found = _body_centre_across(mask, None)
+        if follow_canal:
+            # slice across the canal: try sagittal tilts and keep the one along which the closed canal
+            # runs longest; the axial cut stays unless a tilt beats it by more than one slice
+            best_len = found[1] if found is not None else 0.0
+            margin = float(max(mask.GetSpacing()))
+            for tilt in TILTS_DEG:
+                t = np.deg2rad(tilt)
+                again = _body_centre_across(mask, np.array([0.0, np.sin(t), np.cos(t)]))
+                if again is not None and again[1] > best_len + margin:
+                    found, best_len, margin = again, again[1], 0.0
+        if found is None:
             continue
-        default = int(np.median(list(fronts.values())))
-        limit = np.array([fronts.get(k, default) for k in range(mask.shape[0])])
-        kk, jj, ii = np.nonzero(mask & (np.arange(mask.shape[1])[None, :, None] < limit[:, None, None]))
-        if kk.size == 0:
-            continue
-        index = np.array([ii.mean() + x0, jj.mean() + y0, kk.mean() + z0])
-        out[label] = geometry.index_to_lps(index)
+        out[label] = found[0]
     return out
+
+
+#: Sagittal tilts (deg; positive = the slices' normal leans posteriorly) tried for the canal's direction.
+TILTS_DEG = tuple(t for t in range(-70, 75, 5) if t != 0)
+
+
+def _body_centre_across(mask: sitk.Image, up: Optional[np.ndarray]):
+    """Body centre (LPS mm) and length of closed canal (mm) of a binary LPS mask, sliced across ``up``.
+
+    ``up`` None slices the mask's own axial grid; otherwise the mask is resampled (linear, at its
+    finest spacing) onto a grid whose slices are perpendicular to ``up`` and whose rows run
+    posteriorly, so that the same front-wall rule applies.
+    """
+    from scipy import ndimage
+
+    if up is None:
+        grid = mask
+        arr = sitk.GetArrayViewFromImage(mask) > 0
+    else:
+        up = up / np.linalg.norm(up)
+        back = np.array([0.0, 1.0, 0.0]) - up[1] * up
+        back /= np.linalg.norm(back)
+        left = np.cross(back, up)  # right-handed: left x back = up, as L x P = S
+        rot = np.stack([left, back, up], axis=1)  # columns: directions of the new index axes
+        step = float(min(mask.GetSpacing()))
+        size = np.array(mask.GetSize())
+        corners = np.array([mask.TransformContinuousIndexToPhysicalPoint([float(c) for c in corner])
+                            for corner in np.array(np.meshgrid(*[[-0.5, n - 0.5] for n in size])).reshape(3, -1).T])
+        local = corners @ rot
+        lo, hi = local.min(axis=0), local.max(axis=0)
+        n = np.ceil((hi - lo) / step).astype(int) + 1
+        grid = sitk.Resample(sitk.Cast(mask, sitk.sitkFloat32), [int(v) for v in n], sitk.Transform(),
+                             sitk.sitkLinear, [float(v) for v in rot @ lo], [step] * 3,
+                             [float(v) for v in rot.ravel()], 0.0, sitk.sitkFloat32)
+        arr = sitk.GetArrayViewFromImage(grid) > 0.5
+    spacing = grid.GetSpacing()
+    pixel_mm2 = spacing[0] * spacing[1]
+    fronts: Dict[int, int] = {}
+    for k in range(arr.shape[0]):
+        holes, count = ndimage.label(ndimage.binary_fill_holes(arr[k]) & ~arr[k])
+        if count == 0:
+            continue
+        sizes = np.bincount(holes.ravel())[1:]
+        biggest = int(np.argmax(sizes)) + 1
+        if sizes[biggest - 1] * pixel_mm2 >= MIN_CANAL_AREA_MM2:
+            fronts[k] = int(np.nonzero(holes == biggest)[0].min())  # smallest P index = front wall
+    if not fronts:
+        return None
+    default = int(np.median(list(fronts.values())))
+    limit = np.array([fronts.get(k, default) for k in range(arr.shape[0])])
+    kk, jj, ii = np.nonzero(arr & (np.arange(arr.shape[1])[None, :, None] < limit[:, None, None]))
+    if kk.size == 0:
+        return None
+    centre = np.array(grid.TransformContinuousIndexToPhysicalPoint((float(ii.mean()), float(jj.mean()), float(kk.mean()))))
+    return centre, len(fronts) * spacing[2]
 
 
 _IMAGE_EXTS = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
