@@ -114,13 +114,18 @@ def level_names(transitional: Optional[str]) -> list[str]:
 
 def build_spine(rng: np.random.Generator, size: float, transitional: Optional[str],
                 eleven_ribs: bool, compression_prob: float, scoliosis_prob: float,
-                roll_deg: float) -> Spine:
+                roll_deg: float, sacrum: Optional[dict] = None,
+                sacrum_rng: Optional[np.random.Generator] = None) -> Spine:
     """Random spine: jittered level dimensions, sagittal/coronal curve and one frame per vertebra.
 
     The curve starts at the C1 centre, which is placed at the LPS origin; the caller shifts it.
+    ``sacrum`` fixes some of :func:`sacral_angles`' draws (tests, diagnostics). The sacrum's own
+    draws come from a child of ``rng`` (``sacrum_rng`` by default), so that changing the sacrum model
+    leaves every other draw of a seed, and so every case without a sacrum, as it was.
     """
     from VertebraeLabeling.VertebraeLabelingLib.vertebrae import NAME_TO_INDEX
 
+    srng = sacrum_rng if sacrum_rng is not None else rng.spawn(1)[0]
     names = level_names(transitional)
     levels: list[Level] = []
     # a slowly varying per-level scale keeps neighbours alike while the spine as a whole varies
@@ -142,6 +147,10 @@ def build_spine(rng: np.random.Generator, size: float, transitional: Optional[st
             lv.compression = rng.uniform(0.45, 0.85)
             lv.compression_post = min(1.0, lv.compression + rng.uniform(0.0, 0.3))
         levels.append(lv)
+    # S1 is a wedge: its anterior (promontory) height exceeds the posterior one
+    for lv in levels:
+        if lv.name == "S1":
+            lv.compression_post = float((sacrum or {}).get("s1_wedge", srng.uniform(0.7, 0.95)))
 
     # degenerate discs: some lower lumbar and cervical discs lose height
     for lv in levels:
@@ -166,10 +175,9 @@ def build_spine(rng: np.random.Generator, size: float, transitional: Optional[st
         idx = names.index(name)
         anchor_s.append(s_pos[idx])
         anchor_t.append(th * curv + pitch + rng.normal(0, 4))
-    # the sacrum keeps its steep slope even in flat spines
     anchor_t = np.array(anchor_t)
     sac = [i for i, n in enumerate(_THETA_ANCHORS) if n.startswith("S")]
-    anchor_t[sac] = np.minimum(anchor_t[sac], np.array(list(_THETA_ANCHORS.values()))[sac] * 0.8)
+    anchor_t[sac] = sacral_angles(srng, pitch, sacrum)
     s_fine = np.arange(0.0, s_pos[-1] + 1.0, 1.0)
     theta = np.deg2rad(np.interp(s_fine, anchor_s, anchor_t))
 
@@ -206,6 +214,31 @@ def build_spine(rng: np.random.Generator, size: float, transitional: Optional[st
     meta = dict(curvature=float(curv), pitch_deg=float(pitch), scoliosis_deg=float(amp),
                 roll_deg=float(roll_deg))
     return Spine(levels, transitional, meta)
+
+
+def sacral_angles(rng: np.random.Generator, pitch: float, fixed: Optional[dict] = None) -> np.ndarray:
+    """Sagittal tangent angles (deg) at S1..S5, the anchors of the sacrum's curve.
+
+    S1's angle is minus the sacral slope (supine series: mean about 40 deg, SD about 9, range 20-65),
+    turned with the whole body's pitch. S1 to S2 may bend further back (a horizontal S1-S2 as in the
+    shared real CT), and below S2 the sacrum is kyphotic: its tip turns down and forward again.
+    ``fixed`` may set ``slope``, ``bend`` (S1 to S2, deg, positive = steeper) and ``kyphosis`` (S2 to
+    S5 in all, deg).
+    """
+    fixed = fixed or {}
+    slope = float(np.clip(rng.normal(42, 9), 22, 68))
+    bend = rng.uniform(-5, 35)
+    kyph = rng.uniform(20, 80)
+    split = rng.dirichlet((2.0, 3.0, 3.0))
+    slope = float(fixed.get("slope", slope))
+    bend = float(fixed.get("bend", bend))
+    kyph = float(fixed.get("kyphosis", kyph))
+    s1 = -slope + pitch
+    s2 = s1 - bend
+    s3 = s2 + kyph * split[0]
+    s4 = s3 + kyph * split[1]
+    s5 = s4 + kyph * split[2]
+    return np.clip(np.array([s1, s2, s3, s4, s5]), -100.0, 40.0)
 
 
 def _mean_comp(lv: Level) -> float:

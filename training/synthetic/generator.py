@@ -54,7 +54,7 @@ def generate_case(seed: int, *, full_spine_prob: float = 0.1, spacing: Optional[
                   compression_prob: float = 0.03, scoliosis_prob: float = 0.2,
                   random_appearance_prob: float = 0.2, contrast_prob: float = 0.3,
                   reorient_prob: float = 0.5, min_vertebrae: int = 2, max_voxels: float = 6e6,
-                  with_labels: bool = True, dtype=np.int16) -> SyntheticCase:
+                  with_labels: bool = True, dtype=np.int16, sacrum: Optional[dict] = None) -> SyntheticCase:
     """Generate one synthetic spine CT.
 
     Args:
@@ -75,6 +75,8 @@ def generate_case(seed: int, *, full_spine_prob: float = 0.1, spacing: Optional[
         max_voxels: voxel budget that bounds generation time.
         with_labels: also return the label map.
         dtype: ``np.int16`` (CT-like) or ``np.float32``.
+        sacrum: fixes some draws of the sacrum's shape (keys of :func:`anatomy.sacral_angles`'
+            ``fixed`` and ``s1_wedge``), for tests and diagnostics.
     """
     rng = np.random.default_rng(seed)
     meta: dict = {"seed": int(seed)}
@@ -85,7 +87,7 @@ def generate_case(seed: int, *, full_spine_prob: float = 0.1, spacing: Optional[
     eleven = bool(rng.random() < eleven_ribs_prob)
     size = float(np.clip(rng.normal(1.0, 0.07), 0.85, 1.18))
     roll = float(rng.normal(0, 4))
-    spine = build_spine(rng, size, transitional, eleven, compression_prob, scoliosis_prob, roll)
+    spine = build_spine(rng, size, transitional, eleven, compression_prob, scoliosis_prob, roll, sacrum=sacrum)
     # scanner coordinates: put L1 somewhere plausible for a patient on the table
     shift = np.array([rng.normal(0, 15), rng.uniform(20, 110), rng.uniform(-700, 300)]) \
         - spine.by_name("L1").frame.origin
