@@ -116,3 +116,32 @@ def test_transitional_and_orientation_variants():
     for name, p in found_t.centroids.items():
         if name != "C1":
             assert int(_value_at(found_t.labels, p)) == NAME_TO_INDEX[name] + 1
+
+
+def test_the_sacrum_leans_back_at_s1_and_turns_forward_below_s2():
+    """A real sacrum is kyphotic: below S2 it turns down and forward again (the old generator kept it
+    bending back, like a continued lordosis). S1's slope spreads over the supine range, including the
+    near-horizontal S1-S2 of the shared real CT."""
+    from training.synthetic.anatomy import build_spine
+
+    slopes, turns = [], []
+    for seed in range(60):
+        spine = build_spine(np.random.default_rng(seed), 1.0, None, False, 0.0, 0.0, 0.0)
+        descent = {n: -spine.by_name(n).frame.up for n in ("S1", "S2", "S5")}  # caudal direction, LPS
+        # angle of the caudal direction behind the vertical (+P is posterior): 0 straight down, 90 straight back
+        lean = {n: np.degrees(np.arctan2(d[1], -d[2])) for n, d in descent.items()}
+        slopes.append(lean["S1"])
+        turns.append(lean["S2"] - lean["S5"])
+    assert min(turns) > 0, np.round(turns)  # S5 leans back less than S2 in every spine
+    assert 30 < np.median(slopes) < 55 and max(slopes) > 55 and min(slopes) < 35, np.round(slopes)
+
+
+def test_a_fixed_sacrum_shape_is_honoured_and_leaves_the_rest_of_the_spine_alone():
+    from training.synthetic.anatomy import build_spine
+
+    flat = build_spine(np.random.default_rng(3), 1.0, None, False, 0.0, 0.0, 0.0, sacrum=dict(slope=30, bend=0))
+    steep = build_spine(np.random.default_rng(3), 1.0, None, False, 0.0, 0.0, 0.0, sacrum=dict(slope=60, bend=30))
+    for name in ("C1", "T6", "L3"):
+        assert np.allclose(flat.by_name(name).frame.origin, steep.by_name(name).frame.origin)
+    lean = [np.degrees(np.arctan2(-s.by_name("S2").frame.up[1], s.by_name("S2").frame.up[2])) for s in (flat, steep)]
+    assert lean[1] - lean[0] > 30, lean

@@ -120,8 +120,9 @@ def build_spine(rng: np.random.Generator, size: float, transitional: Optional[st
 
     The curve starts at the C1 centre, which is placed at the LPS origin; the caller shifts it.
     ``sacrum`` fixes some of :func:`sacral_angles`' draws (tests, diagnostics). The sacrum's own
-    draws come from a child of ``rng`` (``sacrum_rng`` by default), so that changing the sacrum model
-    leaves every other draw of a seed, and so every case without a sacrum, as it was.
+    draws come from ``sacrum_rng``, by default a child of ``rng``, so that changing the sacrum model
+    leaves the other random draws of a seed as they were (a case still changes where its field of
+    view is placed relative to S2).
     """
     from VertebraeLabeling.VertebraeLabelingLib.vertebrae import NAME_TO_INDEX
 
