@@ -125,7 +125,7 @@ def label_centroids(labels: sitk.Image, id_map: str = "auto", sacrum_as_s2: bool
     return centroids, [n for n in partial if n in centroids]
 
 
-#: Holes smaller than this (mm², in one axial slice) are not the spinal canal. Adult canals are 100-300 mm²;
+#: Holes smaller than this (mm², in one slice) are not the spinal canal. Adult canals are 100-300 mm²;
 #: at 20 a 24 mm² hole inside an elastically deformed body (painted cases) was taken for the canal.
 MIN_CANAL_AREA_MM2 = 60.0
 
@@ -152,7 +152,8 @@ def body_centres(labels: sitk.Image, label_ids: List[int], follow_canal: bool = 
             continue
         lo = np.maximum(np.array([xx.min(), yy.min(), zz.min()]) - 2, 0)
         hi = np.minimum(np.array([xx.max(), yy.max(), zz.max()]) + 3, np.array(oriented.GetSize()))
-        mask = sitk.RegionOfInterest(oriented, [int(v) for v in hi - lo], [int(v) for v in lo]) == label
+        mask = sitk.Cast(sitk.RegionOfInterest(oriented, [int(v) for v in hi - lo], [int(v) for v in lo]) == label,
+                         sitk.sitkFloat32)
         found = _body_centre_across(mask, None)
         if follow_canal:
             # slice across the canal: try sagittal tilts and keep the one along which the closed canal
@@ -170,12 +171,15 @@ def body_centres(labels: sitk.Image, label_ids: List[int], follow_canal: bool = 
     return out
 
 
+_IN_PLANE = np.zeros((3, 3, 3), dtype=bool)
+_IN_PLANE[1] = [[0, 1, 0], [1, 1, 1], [0, 1, 0]]  # 2-D 4-connectivity, as ndimage's default in a slice
+
 #: Sagittal tilts (deg; positive = the slices' normal leans posteriorly) tried for the canal's direction.
 TILTS_DEG = tuple(t for t in range(-70, 75, 5) if t != 0)
 
 
 def _body_centre_across(mask: sitk.Image, up: Optional[np.ndarray]):
-    """Body centre (LPS mm) and length of closed canal (mm) of a binary LPS mask, sliced across ``up``.
+    """Body centre (LPS mm) and length of closed canal (mm) of a 0/1 float LPS mask, sliced across ``up``.
 
     ``up`` None slices the mask's own axial grid; otherwise the mask is resampled (linear, at its
     finest spacing) onto a grid whose slices are perpendicular to ``up`` and whose rows run
@@ -185,7 +189,7 @@ def _body_centre_across(mask: sitk.Image, up: Optional[np.ndarray]):
 
     if up is None:
         grid = mask
-        arr = sitk.GetArrayViewFromImage(mask) > 0
+        arr = sitk.GetArrayViewFromImage(mask) > 0.5
     else:
         up = up / np.linalg.norm(up)
         back = np.array([0.0, 1.0, 0.0]) - up[1] * up
@@ -199,21 +203,27 @@ def _body_centre_across(mask: sitk.Image, up: Optional[np.ndarray]):
         local = corners @ rot
         lo, hi = local.min(axis=0), local.max(axis=0)
         n = np.ceil((hi - lo) / step).astype(int) + 1
-        grid = sitk.Resample(sitk.Cast(mask, sitk.sitkFloat32), [int(v) for v in n], sitk.Transform(),
+        grid = sitk.Resample(mask, [int(v) for v in n], sitk.Transform(),
                              sitk.sitkLinear, [float(v) for v in rot @ lo], [step] * 3,
                              [float(v) for v in rot.ravel()], 0.0, sitk.sitkFloat32)
         arr = sitk.GetArrayViewFromImage(grid) > 0.5
     spacing = grid.GetSpacing()
     pixel_mm2 = spacing[0] * spacing[1]
+    # every slice's holes at once: the background's in-plane components (the structure keeps slices
+    # apart) that do not reach the slice's edge
+    background, _ = ndimage.label(~arr, _IN_PLANE)
+    edge = np.unique(np.concatenate([background[:, [0, -1], :].ravel(), background[:, :, [0, -1]].ravel()]))
+    sizes = np.bincount(background.ravel())
     fronts: Dict[int, int] = {}
-    for k in range(arr.shape[0]):
-        holes, count = ndimage.label(ndimage.binary_fill_holes(arr[k]) & ~arr[k])
-        if count == 0:
+    biggest: Dict[int, int] = {}
+    for index, box in enumerate(ndimage.find_objects(background), start=1):
+        if box is None or index in edge:
             continue
-        sizes = np.bincount(holes.ravel())[1:]
-        biggest = int(np.argmax(sizes)) + 1
-        if sizes[biggest - 1] * pixel_mm2 >= MIN_CANAL_AREA_MM2:
-            fronts[k] = int(np.nonzero(holes == biggest)[0].min())  # smallest P index = front wall
+        k = box[0].start
+        if sizes[index] > biggest.get(k, 0):
+            biggest[k] = sizes[index]
+            fronts[k] = box[1].start  # smallest P index = front wall
+    fronts = {k: j for k, j in fronts.items() if biggest[k] * pixel_mm2 >= MIN_CANAL_AREA_MM2}
     if not fronts:
         return None
     default = int(np.median(list(fronts.values())))
