@@ -305,24 +305,11 @@ def test_body_centres_from_a_synthetic_mask_match_the_generators_truth():
     assert len(errors) >= len(names) - 1 and np.median(errors) < 1.5 and max(errors) < 5.0
 
 
-def _without_alae(labels, name, centre_lps, half_width_mm=26.0):
-    """The label map with ``name`` cut to its body and arch, as TotalSegmentator labels S1 (its alae
-    belong to the 'sacrum' label there); the generator paints S1's alae with S1's label."""
-    from VertebraeLabeling.VertebraeLabelingLib.vertebrae import VERTEBRA_NAMES
-
-    lps = sitk.DICOMOrient(labels, "LPS")
-    arr = sitk.GetArrayFromImage(lps)
-    x = lps.GetOrigin()[0] + lps.GetSpacing()[0] * np.arange(arr.shape[2])
-    arr[(arr == VERTEBRA_NAMES.index(name) + 1) & (np.abs(x - centre_lps[0]) > half_width_mm)[None, None, :]] = 0
-    out = sitk.GetImageFromArray(arr)
-    out.CopyInformation(lps)
-    return out
-
-
 def test_the_body_centre_of_a_steep_s1_is_found_across_its_own_canal():
     """S1 leans about 45 degrees: cut axially, its canal closes in a slice or two and one front wall
-    cuts the tilted body obliquely (3.4 mm median off the generator's truth on these cases, up to 8).
-    Sliced across its canal, the estimate lands within 2 mm (median) of the truth."""
+    cuts the tilted body obliquely (2.5 mm median off the generator's truth on these cases, up to 3.5,
+    and one S1 not found at all). Sliced across its canal, the estimate lands within 2 mm (median)."""
+    from benchmarks.sacrum_study import s1_without_alae
     from training.datasets.labelmap import body_centres
     from training.synthetic import generate_case
     from VertebraeLabeling.VertebraeLabelingLib.vertebrae import VERTEBRA_NAMES
@@ -331,7 +318,7 @@ def test_the_body_centre_of_a_steep_s1_is_found_across_its_own_canal():
     errors = []
     for seed in (700001, 700004, 700006, 700008, 700011, 700027):
         case = generate_case(seed, full_spine_prob=0.0, spacing=(1.5, 1.5, 1.5))
-        labels = _without_alae(case.labels, "S1", case.centroids["S1"])
+        labels = s1_without_alae(case.labels, case.centroids["S1"])
         errors.append(np.linalg.norm(body_centres(labels, [s1])[s1] - case.centroids["S1"]))
     assert np.median(errors) < 2.0 and max(errors) < 3.0, np.round(errors, 1)
 
@@ -340,26 +327,16 @@ def test_body_centres_of_a_spine_tilted_45_degrees_are_still_found():
     """A whole synthetic spine turned 45 degrees about the left-right axis (as a sacrum is): every
     vertebra whose arch closes keeps a body centre within a few mm of the (turned) truth; cut only
     axially, several of them showed no closed canal at all."""
+    from benchmarks.sacrum_study import turned
     from training.datasets.labelmap import body_centres
     from training.synthetic import generate_case
     from VertebraeLabeling.VertebraeLabelingLib.vertebrae import VERTEBRA_NAMES
 
     case = generate_case(910000, full_spine_prob=0.0, spacing=(1.5, 1.5, 1.5))
-    labels = sitk.DICOMOrient(case.labels, "LPS")
-    size = np.array(labels.GetSize())
-    centre = np.array(labels.TransformContinuousIndexToPhysicalPoint([float(v) for v in (size - 1) / 2]))
-    turn = sitk.Euler3DTransform()
-    turn.SetCenter([float(v) for v in centre])
-    turn.SetRotation(np.deg2rad(45.0), 0.0, 0.0)
-    out_size = [int(v * 1.4) for v in size]
-    turned = sitk.Resample(labels, out_size, turn, sitk.sitkNearestNeighbor,
-                           [float(v) for v in centre - (np.array(out_size) - 1) / 2 * np.array(labels.GetSpacing())],
-                           labels.GetSpacing(), (1, 0, 0, 0, 1, 0, 0, 0, 1), 0)
-    back = turn.GetInverse()  # the resampler maps output points into the input, so the truth turns back
+    labels, truth = turned(case.labels, case.centroids, 45.0)
     names = [n for n in case.centroids if n[0] in "TL"]
-    got = body_centres(turned, [VERTEBRA_NAMES.index(n) + 1 for n in names])
-    errors = [np.linalg.norm(got[VERTEBRA_NAMES.index(n) + 1] - np.array(back.TransformPoint(case.centroids[n].tolist())))
-              for n in names if VERTEBRA_NAMES.index(n) + 1 in got]
+    got = body_centres(labels, [VERTEBRA_NAMES.index(n) + 1 for n in names])
+    errors = [np.linalg.norm(got[VERTEBRA_NAMES.index(n) + 1] - truth[n]) for n in names if VERTEBRA_NAMES.index(n) + 1 in got]
     assert len(names) >= 5 and len(errors) == len(names)
     assert np.median(errors) < 1.0 and max(errors) < 3.0, np.round(errors, 1)
 
