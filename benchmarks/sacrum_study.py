@@ -16,7 +16,7 @@ shapes (slope, S1-to-S2 bend; ``anatomy.sacral_angles``), the rest of each case 
 
 import argparse
 import sys
-from typing import Dict, List, Optional
+from typing import Optional
 
 import numpy as np
 import SimpleITK as sitk
@@ -42,7 +42,7 @@ def s1_without_alae(labels: sitk.Image, s1_lps: np.ndarray, half_width_mm: float
     return out
 
 
-def turned(labels: sitk.Image, centroids: Dict[str, np.ndarray], degrees: float):
+def turned(labels: sitk.Image, centroids: dict[str, np.ndarray], degrees: float):
     """Label map and truth turned by ``degrees`` about the left-right axis through the image centre."""
     lps = sitk.DICOMOrient(labels, "LPS")
     size = np.array(lps.GetSize())
@@ -59,7 +59,7 @@ def turned(labels: sitk.Image, centroids: Dict[str, np.ndarray], degrees: float)
 
 
 def truth_part(cases: int, seed0: int, spacing: float, turn: float) -> None:
-    errors: Dict[str, Dict[str, List[float]]] = {m: {n: [] for n in TRUTH_LEVELS} for m in ("axial", "across")}
+    errors: dict[str, dict[str, list[float]]] = {m: {n: [] for n in TRUTH_LEVELS} for m in ("axial", "across")}
     for seed in range(seed0, seed0 + cases):
         case = generate_case(seed, full_spine_prob=0.0, spacing=(spacing, spacing, spacing))
         labels, truth = case.labels, case.centroids
@@ -93,7 +93,7 @@ def model_part(cases: int, seed0: int, model_path: Optional[str]) -> None:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     model, _ = load_model(model_path, device="cpu")
     for shape, fixed in SHAPES.items():
-        errors: Dict[str, List[float]] = {"L5": [], "S1": [], "S2": []}
+        errors: dict[str, list[float]] = {"L5": [], "S1": [], "S2": []}
         for seed in range(seed0, seed0 + cases):
             case = generate_case(seed, full_spine_prob=0.0, sacrum=fixed)
             if "S1" not in case.centroids:
