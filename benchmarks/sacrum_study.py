@@ -85,12 +85,9 @@ def truth_part(cases: int, seed0: int, spacing: float, turn: float) -> None:
 
 
 def model_part(cases: int, seed0: int, model_path: Optional[str]) -> None:
-    import torch
-
     from VertebraeLabeling.VertebraeLabelingLib.inference import label_ct
     from VertebraeLabeling.VertebraeLabelingLib.model_io import load_model
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     model, _ = load_model(model_path, device="cpu")
     for shape, fixed in SHAPES.items():
         errors: dict[str, list[float]] = {"L5": [], "S1": [], "S2": []}

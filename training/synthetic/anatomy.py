@@ -114,19 +114,18 @@ def level_names(transitional: Optional[str]) -> list[str]:
 
 def build_spine(rng: np.random.Generator, size: float, transitional: Optional[str],
                 eleven_ribs: bool, compression_prob: float, scoliosis_prob: float,
-                roll_deg: float, sacrum: Optional[dict] = None,
-                sacrum_rng: Optional[np.random.Generator] = None) -> Spine:
+                roll_deg: float, sacrum: Optional[dict] = None) -> Spine:
     """Random spine: jittered level dimensions, sagittal/coronal curve and one frame per vertebra.
 
     The curve starts at the C1 centre, which is placed at the LPS origin; the caller shifts it.
     ``sacrum`` fixes some of :func:`sacral_angles`' draws (tests, diagnostics). The sacrum's own
-    draws come from ``sacrum_rng``, by default a child of ``rng``, so that changing the sacrum model
+    draws come from a child of ``rng``, so that changing the sacrum model
     leaves the other random draws of a seed as they were (a case still changes where its field of
     view is placed relative to S2).
     """
     from VertebraeLabeling.VertebraeLabelingLib.vertebrae import NAME_TO_INDEX
 
-    srng = sacrum_rng if sacrum_rng is not None else rng.spawn(1)[0]
+    srng = rng.spawn(1)[0]
     names = level_names(transitional)
     levels: list[Level] = []
     # a slowly varying per-level scale keeps neighbours alike while the spine as a whole varies
@@ -147,11 +146,9 @@ def build_spine(rng: np.random.Generator, size: float, transitional: Optional[st
         if lv.kind in ("thoracic", "lumbar") and rng.random() < compression_prob:
             lv.compression = rng.uniform(0.45, 0.85)
             lv.compression_post = min(1.0, lv.compression + rng.uniform(0.0, 0.3))
-        levels.append(lv)
-    # S1 is a wedge: its anterior (promontory) height exceeds the posterior one
-    for lv in levels:
-        if lv.name == "S1":
+        if n == "S1":  # a wedge: its anterior (promontory) height exceeds the posterior one
             lv.compression_post = float((sacrum or {}).get("s1_wedge", srng.uniform(0.7, 0.95)))
+        levels.append(lv)
 
     # degenerate discs: some lower lumbar and cervical discs lose height
     for lv in levels:
@@ -220,8 +217,8 @@ def build_spine(rng: np.random.Generator, size: float, transitional: Optional[st
 def sacral_angles(rng: np.random.Generator, pitch: float, fixed: Optional[dict] = None) -> np.ndarray:
     """Sagittal tangent angles (deg) at S1..S5, the anchors of the sacrum's curve.
 
-    S1's angle is minus the sacral slope (supine series: mean about 40 deg, SD about 9, range 20-65),
-    turned with the whole body's pitch. S1 to S2 may bend further back (a horizontal S1-S2 as in the
+    S1's angle is minus the sacral slope, drawn as 42 ± 9 deg clipped to 22-68 (supine series report a
+    mean about 40, SD about 9, range 20-65), turned with the whole body's pitch. S1 to S2 may bend further back (a horizontal S1-S2 as in the
     shared real CT), and below S2 the sacrum is kyphotic: its tip turns down and forward again.
     ``fixed`` may set ``slope``, ``bend`` (S1 to S2, deg, positive = steeper) and ``kyphosis`` (S2 to
     S5 in all, deg).
