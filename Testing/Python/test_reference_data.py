@@ -12,8 +12,8 @@ import tarfile
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from conftest import REPO
+
 from training import reference_data as rd
 from training.datasets import load_dataset
 
