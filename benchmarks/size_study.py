@@ -13,7 +13,6 @@ It also reports the real chest CTA's T12 (``training.reference_data``), scaled t
 
 import argparse
 import os
-from typing import Dict
 
 import numpy as np
 import SimpleITK as sitk
@@ -54,8 +53,8 @@ def main(argv=None) -> int:
                         help="folder written by training.reference_data (for the real chest CTA)")
     args = parser.parse_args(argv)
     model, _ = load_model(args.model)
-    hits: Dict[float, list] = {s: [] for s in args.scales}
-    shifts: Dict[float, list] = {s: [] for s in args.scales}
+    hits: dict[float, list] = {s: [] for s in args.scales}
+    shifts: dict[float, list] = {s: [] for s in args.scales}
     order = {n: i for i, n in enumerate(VERTEBRA_NAMES)}
     for seed, case in thoracic_cases(args.cases, args.seed0):
         for s in args.scales:
