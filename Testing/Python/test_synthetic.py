@@ -145,3 +145,21 @@ def test_a_fixed_sacrum_shape_is_honoured_and_leaves_the_rest_of_the_spine_alone
         assert np.allclose(flat.by_name(name).frame.origin, steep.by_name(name).frame.origin)
     lean = [np.degrees(np.arctan2(-s.by_name("S2").frame.up[1], s.by_name("S2").frame.up[2])) for s in (flat, steep)]
     assert lean[1] - lean[0] > 30, lean
+
+
+def test_an_arterial_phase_ct_has_blood_brighter_than_its_vertebral_bodies():
+    """A CT angiogram (the second real CT is one) fills the aorta with contrast brighter than the vertebral
+    bodies; the spine must still be told from it. Same seed, same anatomy: only the blood changes."""
+    kwargs = dict(spacing=(2.0, 2.0, 2.0), contrast_prob=1.0, random_appearance_prob=0.0)
+    cta = generate_case(8, arterial_prob=1.0, **kwargs)
+    venous = generate_case(8, arterial_prob=0.0, **kwargs)
+    assert cta.meta["arterial"] and not venous.meta["arterial"]
+    assert cta.centroids.keys() == venous.centroids.keys()
+    a = sitk.GetArrayFromImage(cta.image).astype(float)
+    b = sitk.GetArrayFromImage(venous.image).astype(float)
+    blood = (a - b) > 100
+    assert blood.sum() > 1000
+    vertebrae = sitk.GetArrayFromImage(cta.labels) > 0
+    assert not (blood & vertebrae).any()
+    assert np.median(a[blood]) > 300 > np.median(b[blood])
+    assert np.median(a[blood]) > np.median(a[vertebrae])

@@ -3,7 +3,9 @@
 Three appearance modes are drawn per case:
 
 * ``ct``       -- realistic non-contrast CT numbers, jittered per case;
-* ``contrast`` -- portal-venous contrast: bright vessels, kidneys, enhanced organs;
+* ``contrast`` -- portal-venous contrast: bright vessels, kidneys, enhanced organs; or, for a share of
+  these cases, the arterial phase of a CT angiogram: blood at 300-700 HU, brighter than the cancellous
+  bone of the vertebral bodies (``blood_hu``);
 * ``random``   -- SynthSeg-style: every tissue gets a random mean from a wide range (bone stays on
   average brighter than soft tissue but the contrast between them varies widely), plus a smooth
   multiplicative bias field. It teaches shape rather than one intensity table.
@@ -14,6 +16,8 @@ in reconstructed CT.
 """
 
 
+from typing import Optional
+
 import numpy as np
 import SimpleITK as sitk
 
@@ -21,8 +25,8 @@ from . import tissues as T
 from .canvas import Canvas
 
 
-def tissue_table(rng: np.random.Generator, mode: str) -> tuple[np.ndarray, np.ndarray]:
-    """Per-tissue mean HU and fine-texture std for this case."""
+def tissue_table(rng: np.random.Generator, mode: str, blood_hu: Optional[float] = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-tissue mean HU and fine-texture std for this case; ``blood_hu`` overrides the blood's mean."""
     mean = np.zeros(T.NUM_TISSUES, np.float32)
     tex = np.zeros(T.NUM_TISSUES, np.float32)
     for t, (m, spread, tx) in T.CT_HU.items():
@@ -43,13 +47,16 @@ def tissue_table(rng: np.random.Generator, mode: str) -> tuple[np.ndarray, np.nd
             else:
                 mean[t] = rng.uniform(-200, 200)
         tex *= rng.uniform(0.5, 3.0)
+    if blood_hu is not None:
+        mean[T.BLOOD] = blood_hu
     return mean, tex
 
 
 def render(cv: Canvas, rng: np.random.Generator, mode: str, bone_hu: dict[int, float],
-           cortical_hu: float, noise_sd: float, psf_mm: tuple[float, float, float]) -> np.ndarray:
+           cortical_hu: float, noise_sd: float, psf_mm: tuple[float, float, float],
+           blood_hu: Optional[float] = None) -> np.ndarray:
     """Render the canvas into a float32 HU volume (array order z, y, x)."""
-    mean, tex = tissue_table(rng, mode)
+    mean, tex = tissue_table(rng, mode, blood_hu)
     # cancellous HU per bone id (each vertebra slightly different, neighbours alike)
     canc = np.zeros(256, np.float32)
     for k, v in bone_hu.items():

@@ -52,7 +52,7 @@ _ORIENTATIONS = {  # name: (permutation of x y z, flips) applied to an LPS-align
 def generate_case(seed: int, *, full_spine_prob: float = 0.1, spacing: Optional[Sequence[float]] = None,
                   transitional_prob: float = 0.04, eleven_ribs_prob: float = 0.03, metal_prob: float = 0.08,
                   compression_prob: float = 0.03, scoliosis_prob: float = 0.2,
-                  random_appearance_prob: float = 0.2, contrast_prob: float = 0.3,
+                  random_appearance_prob: float = 0.2, contrast_prob: float = 0.3, arterial_prob: float = 0.35,
                   reorient_prob: float = 0.5, min_vertebrae: int = 2, max_voxels: float = 6e6,
                   with_labels: bool = True, dtype=np.int16, sacrum: Optional[dict] = None) -> SyntheticCase:
     """Generate one synthetic spine CT.
@@ -69,6 +69,9 @@ def generate_case(seed: int, *, full_spine_prob: float = 0.1, spacing: Optional[
         scoliosis_prob: probability of a marked scoliosis.
         random_appearance_prob: probability of SynthSeg-style random tissue intensities.
         contrast_prob: probability of an intravenous-contrast look (of the non-random cases).
+        arterial_prob: probability that a contrast case is an arterial-phase CT angiogram: blood at
+            300-700 HU, brighter than the vertebral bodies (a real chest CTA showed 400-900 HU in the aorta).
+            Drawn from a child stream, so the other draws of a seed do not change.
         reorient_prob: probability that the image direction is not LPS (RAS, LAS, a sagittal or a
             coronal acquisition grid...).
         min_vertebrae: at least this many labelled centroids lie in the field of view.
@@ -125,10 +128,14 @@ def generate_case(seed: int, *, full_spine_prob: float = 0.1, spacing: Optional[
     noise_sd = float(rng.uniform(3, 25))
     psf = (rng.uniform(0.35, 0.9), rng.uniform(0.35, 0.9), 0.0)
     psf = (psf[0], psf[0], cv.spacing[2] * rng.uniform(0.3, 0.5))
-    hu = render(cv, rng, mode, bone_hu, cortical_hu, noise_sd, psf)
+    # the phase comes from a child stream: adding it left every other draw of a seed as it was
+    phase_rng = rng.spawn(1)[0]
+    arterial = mode == "contrast" and bool(phase_rng.random() < arterial_prob)
+    blood_hu = float(phase_rng.uniform(300, 700)) if arterial else None
+    hu = render(cv, rng, mode, bone_hu, cortical_hu, noise_sd, psf, blood_hu=blood_hu)
     if metal:
         add_streaks(hu, cv, rng)
-    meta.update(appearance=mode, noise_sd=noise_sd, psf_mm=[float(p) for p in psf],
+    meta.update(appearance=mode, arterial=arterial, noise_sd=noise_sd, psf_mm=[float(p) for p in psf],
                 bone_hu=base, cortical_hu=cortical_hu)
     _reconstruction_circle(hu, cv, rng, meta)
     np.clip(hu, -3024, 3071, out=hu)
