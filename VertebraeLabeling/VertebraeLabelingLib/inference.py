@@ -11,7 +11,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from . import aggregation, blocks, preprocessing
+from . import aggregation, blocks, preprocessing, review
 from .defaults import DEFAULT_MIN_PROBABILITY, DEFAULT_MIRROR, DEFAULT_STRIDE
 from .errors import CancelledError
 from .image_io import is_oblique, read_image, validate_ct
@@ -155,6 +155,7 @@ def label_ct(
     result.timings["total"] = time.perf_counter() - t0
     if not result.vertebrae:
         result.messages.append("The network found no vertebra with enough confidence.")
+    result.messages.extend(review.review_messages(result.vertebrae))
     report(1.0, "done")
     return result
 
