@@ -79,7 +79,7 @@ except ImportError:  # Older Slicer or slicer-core without translations.
 
 
 from VertebraeLabelingLib import corrections
-from VertebraeLabelingLib.defaults import DEFAULT_MIRROR, DEFAULT_STRIDE
+from VertebraeLabelingLib.defaults import DEFAULT_MIRROR, DEFAULT_STRIDE, LOW_CONFIDENCE
 from VertebraeLabelingLib.vertebrae import NAME_TO_INDEX, REGION_COLORS, REGIONS, region_of
 
 MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -179,7 +179,7 @@ class VertebraeLabelingParameterNode:
     outputMarkups: slicer.vtkMRMLMarkupsFiducialNode
     device: Annotated[str, Choice(list(DEVICE_CHOICES))] = "auto"
     modelPath: str = ""
-    confidenceThreshold: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
+    confidenceThreshold: Annotated[float, WithinRange(0.0, 1.0)] = LOW_CONFIDENCE
     blockStride: Annotated[int, WithinRange(8, 104)] = DEFAULT_STRIDE
     mirrorBlocks: bool = DEFAULT_MIRROR
 
@@ -972,7 +972,7 @@ class VertebraeLabelingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         table = self.ui.resultsTable
         outputNode = self._parameterNode.outputMarkups if self._parameterNode else None
         self._tablePoints = self.logic.points(outputNode) if outputNode is not None else []
-        threshold = self._parameterNode.confidenceThreshold if self._parameterNode else 0.5
+        threshold = self._parameterNode.confidenceThreshold if self._parameterNode else LOW_CONFIDENCE
         duplicates = set(corrections.duplicate_names([p.label for p in self._tablePoints]))
         table.setRowCount(len(self._tablePoints))
         for row, p in enumerate(self._tablePoints):

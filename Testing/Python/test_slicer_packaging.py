@@ -126,3 +126,18 @@ def test_module_source_is_python39_compatible():
     for path in [MODULE / "VertebraeLabeling.py", MODULE / "Resources" / "Scripts" / "vertebrae_labeling_worker.py"]:
         tree = ast.parse(path.read_text(), feature_version=(3, 9))
         assert not any(type(n).__name__ == "Match" for n in ast.walk(tree)), path
+
+
+def test_ui_starts_at_the_shared_defaults():
+    """The panel's sliders open at the values the library and CLI use (``defaults.py``), not at a copy."""
+    from VertebraeLabeling.VertebraeLabelingLib.defaults import DEFAULT_STRIDE, LOW_CONFIDENCE
+
+    ui = ET.parse(MODULE / "Resources" / "UI" / "VertebraeLabeling.ui").getroot()
+    values = {}
+    for widget in ui.iter("widget"):
+        props = {p.get("name"): p for p in widget.findall("property")}
+        if "SlicerParameterName" in props and "value" in props:
+            values[props["SlicerParameterName"].find("string").text] = float(props["value"][0].text)
+    assert values["confidenceThreshold"] == pytest.approx(LOW_CONFIDENCE)
+    if "blockStride" in values:
+        assert values["blockStride"] == DEFAULT_STRIDE
