@@ -24,7 +24,6 @@ Nothing of it is committed: the files are TotalSegmentator's, and CI fetches the
 """
 
 import argparse
-import hashlib
 import os
 import subprocess
 import sys
@@ -34,6 +33,8 @@ from typing import Dict, Optional
 
 import numpy as np
 import SimpleITK as sitk
+
+from VertebraeLabeling.VertebraeLabelingLib.model_io import sha256_of  # one checksum helper, the core's
 
 PACKAGE = "totalsegmentator"
 VERSION = "2.18.0"
@@ -61,14 +62,6 @@ CASE_CHEST = "ts_chest_cta"
 
 class ReferenceDataError(RuntimeError):
     """The source distribution could not be fetched, or is not the one pinned here."""
-
-
-def sha256_of(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def download_sdist(folder: str) -> str:
