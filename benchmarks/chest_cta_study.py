@@ -24,7 +24,7 @@ from training.datasets import load_dataset
 from VertebraeLabeling.VertebraeLabelingLib.inference import label_ct
 from VertebraeLabeling.VertebraeLabelingLib.model_io import load_model
 
-from .size_study import scaled
+from .size_study import nearest_label, scaled
 
 
 def outside_spine(image: sitk.Image, centre_lps: np.ndarray, half_lr: float = 45.0, half_ap: float = 40.0):
@@ -33,9 +33,9 @@ def outside_spine(image: sitk.Image, centre_lps: np.ndarray, half_lr: float = 45
     ``centre_lps`` is a point of the axis; its front-back position is moved 10 mm back from the body centre
     so that the cylinder holds body and arch."""
     size = image.GetSize()
-    idx = np.stack(np.meshgrid(np.arange(size[0]), np.arange(size[1]), indexing="xy"), -1).reshape(-1, 2)
-    z0 = [image.TransformIndexToPhysicalPoint((int(i), int(j), 0)) for i, j in idx]
-    pts = np.asarray(z0)[:, :2].reshape(size[1], size[0], 2)
+    jj, ii = np.mgrid[: size[1], : size[0]]
+    index = np.stack([ii, jj, np.zeros_like(ii)], -1) * np.asarray(image.GetSpacing())
+    pts = np.asarray(image.GetOrigin()) + index @ np.asarray(image.GetDirection()).reshape(3, 3).T
     dx = (pts[..., 0] - centre_lps[0]) / half_lr
     dy = (pts[..., 1] - (centre_lps[1] + 10.0)) / half_ap
     return np.broadcast_to((dx ** 2 + dy ** 2 > 1.0)[None], (size[2], size[1], size[0]))
@@ -66,8 +66,7 @@ def main(argv=None) -> int:
     for name, img, s in variants:
         result = label_ct(img, model=model, device="cpu")
         found = result.as_dict()
-        near = min(found, key=lambda n: np.linalg.norm(found[n] - t12 * s)) if found else None
-        dist = float(np.linalg.norm(found[near] - t12 * s)) if near else float("nan")
+        near, dist = nearest_label(found, t12 * s)
         labels = " ".join(f"{v.name}@{v.position_lps[2] / s:.0f}({v.confidence:.2f})" for v in result.vertebrae)
         print(f"{name:24s} nearest T12: {near} at {dist:.1f} mm | {labels}")
     return 0

@@ -32,15 +32,13 @@ def main(argv=None) -> int:
         result = inference.label_ct(case.load_image(), model=model, device="cpu")
         scored = metrics.evaluate_case(result.as_dict(), case.centroids, case.case_id)
         wrong = sum(not v.identified for v in scored.vertebrae)
-        conf = min((v.confidence for v in result.vertebrae), default=1.0)
-        rows.append((bool(review.missing_levels(result.vertebrae)), conf, wrong))
-    gaps = np.array([r[0] for r in rows])
-    conf = np.array([r[1] for r in rows])
-    wrong = np.array([r[2] for r in rows])
+        rows.append((result.vertebrae, wrong))
+    gaps = np.array([bool(review.missing_levels(found)) for found, _ in rows])
+    wrong = np.array([w for _, w in rows])
     print(f"{len(rows)} cases, {int((wrong > 0).sum())} with a misidentified vertebra, {int(wrong.sum())} misidentified")
     print(f"levels missing between labeled ones: {int(gaps.sum())} cases, {int((wrong[gaps] > 0).sum())} of them wrong")
     for t in args.thresholds:
-        flagged = gaps | (conf < t)
+        flagged = np.array([bool(review.review_messages(found, t)) for found, _ in rows])  # what the user sees
         print(f"threshold {t:.2f}: {int(flagged.sum())} cases flagged, {int((wrong[flagged] > 0).sum())} of them wrong, "
               f"holding {int(wrong[flagged].sum())} of the {int(wrong.sum())} misidentified vertebrae")
     return 0

@@ -21,7 +21,7 @@ from training.metrics import evaluate_case
 from training.synthetic.generator import generate_case
 from VertebraeLabeling.VertebraeLabelingLib.inference import label_ct
 from VertebraeLabeling.VertebraeLabelingLib.model_io import load_model
-from VertebraeLabeling.VertebraeLabelingLib.vertebrae import VERTEBRA_NAMES
+from VertebraeLabeling.VertebraeLabelingLib.vertebrae import NAME_TO_INDEX
 
 
 def scaled(image: sitk.Image, s: float) -> sitk.Image:
@@ -29,6 +29,14 @@ def scaled(image: sitk.Image, s: float) -> sitk.Image:
     out.SetSpacing([v * s for v in image.GetSpacing()])
     out.SetOrigin([v * s for v in image.GetOrigin()])
     return out
+
+
+def nearest_label(found: dict[str, np.ndarray], point: np.ndarray) -> tuple[str | None, float]:
+    """The label whose point is nearest ``point`` (LPS mm) and its distance; (None, nan) if none."""
+    if not found:
+        return None, float("nan")
+    name = min(found, key=lambda n: np.linalg.norm(found[n] - point))
+    return name, float(np.linalg.norm(found[name] - point))
 
 
 def thoracic_cases(n: int, seed0: int):
@@ -55,7 +63,6 @@ def main(argv=None) -> int:
     model, _ = load_model(args.model)
     hits: dict[float, list] = {s: [] for s in args.scales}
     shifts: dict[float, list] = {s: [] for s in args.scales}
-    order = {n: i for i, n in enumerate(VERTEBRA_NAMES)}
     for seed, case in thoracic_cases(args.cases, args.seed0):
         for s in args.scales:
             found = label_ct(scaled(case.image, s), model=model, device="cpu").as_dict()
@@ -63,7 +70,7 @@ def main(argv=None) -> int:
             result = evaluate_case(found, truth, str(seed))
             hits[s] += [v.identified for v in result.vertebrae]
             # level shift of the closest prediction, for each truth vertebra that has one within 20 mm
-            shifts[s] += [order[v.closest_name] - order[v.name] for v in result.vertebrae
+            shifts[s] += [NAME_TO_INDEX[v.closest_name] - NAME_TO_INDEX[v.name] for v in result.vertebrae
                           if v.closest_name is not None and v.closest_distance_mm < 20.0]
         print(f"seed {seed}: " + ", ".join(f"s={s}: {np.mean(hits[s][-len(case.centroids):]) * 100:.0f} %"
                                            for s in args.scales), flush=True)
@@ -81,9 +88,7 @@ def main(argv=None) -> int:
         print("\nreal chest CTA, T12 (TotalSegmentator):")
         for s in args.scales:
             found = label_ct(scaled(image, s), model=model, device="cpu").as_dict()
-            t12 = real.centroids["T12"] * s
-            name = min(found, key=lambda n: np.linalg.norm(found[n] - t12)) if found else None
-            dist = float(np.linalg.norm(found[name] - t12)) if name else float("nan")
+            name, dist = nearest_label(found, real.centroids["T12"] * s)
             print(f"  s={s:.2f}: closest label {name} at {dist:.1f} mm; labels: {' '.join(found)}")
     return 0
 
