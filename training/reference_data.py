@@ -1,26 +1,41 @@
-"""Real evaluation cases from TotalSegmentator's published test files, fetched from PyPI.
+"""Real evaluation cases from test files that Python packages publish on PyPI.
 
-No annotated spine CT collection can be downloaded here, but the package registry can be reached, and
-TotalSegmentator's source distribution (Apache-2.0; ``totalsegmentator==2.18.0`` on PyPI) ships its
-test reference files. Besides the abdomen CT that ``../shared/data/ts_example_ct`` already holds, they
-contain two things we use as independent checks:
+No annotated spine CT collection can be downloaded here, but the package registry can be reached, and some
+packages ship real CTs as test data. Each archive is pinned by version and SHA-256; nothing of it is
+committed (CI fetches it the same way).
 
-* ``spine_report/.../totalseg_vertebrae_body.nii.gz``: TotalSegmentator's *vertebral body* mask of that
-  same abdomen CT. Cutting each vertebra label down to its body gives body centres that do not depend
-  on our own estimator (:func:`training.datasets.labelmap.body_centres`).
+From TotalSegmentator's source distribution (``totalsegmentator==2.18.0``, Apache-2.0, 38 MB):
+
+* ``spine_report/.../totalseg_vertebrae_body.nii.gz``: TotalSegmentator's *vertebral body* mask of the
+  abdomen CT that ``../shared/data/ts_example_ct`` already holds. Cutting each vertebra label down to its
+  body gives body centres that do not depend on our own estimator
+  (:func:`training.datasets.labelmap.body_centres`).
 * ``aorta_report/example_ct.nii.gz``: a second, different real CT: a chest CT angiogram (1.5 mm, C6 to
   T12, arterial contrast, an aortic stent graft, sternal wires) with TotalSegmentator's T12 mask.
 
-``python -m training.reference_data --out DIR`` downloads the pinned source distribution (38 MB; its
-SHA-256 is checked), takes those files out and writes two label-map case folders that
-``training.evaluate --data labelmap:DIR/...`` reads:
+From TPTBox's wheel (``tptbox==1.1.0``, Apache-2.0, 9 MB; the spine toolbox of the VerSe authors):
+
+* ``TPTBox/tests/sample_ct``: a third patient, a real lumbar CT crop (1.5 mm; 110 x 70 x 110 mm:
+  L3 whole, the lower half of L2 and the upper part of L4) with VerSe vertebra labels (21-23) and VerSe
+  subregion labels, of which 49 and 50 are the vertebral body.
+
+From platipy's wheel (``platipy==0.5.0.dev1``, Apache-2.0, 38 MB):
+
+* ``platipy/backend/sample/testcase.nii.gz``: a fourth patient, a chest CT without contrast (0.98 x 0.98
+  x 3 mm, C4 to L1), **without labels**: the model's output on it can be checked for plausibility (points
+  on one smooth spine curve), not scored.
+
+``python -m training.reference_data --out DIR`` downloads the archives with pip, checks their SHA-256, takes
+those files out and writes case folders that ``training.evaluate --data labelmap:DIR/...`` reads:
 
 * ``DIR/ts_abdomen_bodies``: the abdomen CT and ``seg_vertebra_bodies.nii.gz`` (TotalSegmentator v2 ids,
   each vertebra cut to its body): its centres of mass are TotalSegmentator's body centres.
 * ``DIR/ts_chest_cta``: the chest CT and ``seg_t12.nii.gz`` (id 32 = T12, on the CT's grid); evaluate it
   with ``?centre=body``.
-
-Nothing of it is committed: the files are TotalSegmentator's, and CI fetches them the same way.
+* ``DIR/verse_lumbar_crop``: TPTBox's CT and ``seg_vertebra_bodies.nii.gz`` (VerSe ids, each vertebra cut to
+  its body subregions); evaluate it with ``?map=verse``. L2 and L4 are cut by the crop: ``--whole-only``
+  scores L3 alone.
+* ``DIR/plain_chest_ct``: platipy's CT alone.
 """
 
 import argparse
@@ -29,62 +44,119 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-from typing import Optional
+import zipfile
+from dataclasses import dataclass
+from typing import Callable, Optional
 
 import numpy as np
 import SimpleITK as sitk
 
 from VertebraeLabeling.VertebraeLabelingLib.model_io import sha256_of  # one checksum helper, the core's
 
-PACKAGE = "totalsegmentator"
-VERSION = "2.18.0"
-SDIST_NAME = f"{PACKAGE}-{VERSION}.tar.gz"
-SDIST_SHA256 = "5d4223ef93973bc36d710869d11e7742ead2c154c72f7f9edcaaadd5b6c4bd03"
 
-_REF = f"{PACKAGE}-{VERSION}/tests/reference_files/"
-#: what we take out of the source distribution: our short name -> member path
-MEMBERS: dict[str, str] = {
-    "abdomen_ct": _REF + "example_ct.nii.gz",
-    "abdomen_total": _REF + "example_seg_fast_force_split.nii.gz",
-    "abdomen_bodies": _REF + "spine_report/example_ct_report/totalseg_vertebrae_body.nii.gz",
-    "chest_ct": _REF + "aorta_report/example_ct.nii.gz",
-    "chest_t12": _REF + "aorta_report/test_result/models/vertebrae_T12.nii.gz",
-}
+@dataclass(frozen=True, eq=False)  # compared and hashed by identity: the three below are keys
+class Archive:
+    """A pinned file on PyPI and the members we take out of it (our short name -> path in the archive)."""
+
+    package: str
+    version: str
+    filename: str
+    sha256: str
+    members: dict
+
+    @property
+    def is_sdist(self) -> bool:
+        return self.filename.endswith(".tar.gz")
+
+
+_TS_REF = "totalsegmentator-2.18.0/tests/reference_files/"
+TOTALSEGMENTATOR = Archive(
+    "totalsegmentator", "2.18.0", "totalsegmentator-2.18.0.tar.gz",
+    "5d4223ef93973bc36d710869d11e7742ead2c154c72f7f9edcaaadd5b6c4bd03",
+    {
+        "abdomen_ct": _TS_REF + "example_ct.nii.gz",
+        "abdomen_total": _TS_REF + "example_seg_fast_force_split.nii.gz",
+        "abdomen_bodies": _TS_REF + "spine_report/example_ct_report/totalseg_vertebrae_body.nii.gz",
+        "chest_ct": _TS_REF + "aorta_report/example_ct.nii.gz",
+        "chest_t12": _TS_REF + "aorta_report/test_result/models/vertebrae_T12.nii.gz",
+    })
+_TPT = "TPTBox/tests/sample_ct/"
+TPTBOX = Archive(
+    "tptbox", "1.1.0", "tptbox-1.1.0-py3-none-any.whl",
+    "975a68f4117ab81fcc2d819d6127f301b1cc50210e08e73df1b9a818ee3be984",
+    {
+        "lumbar_ct": _TPT + "sub-ct_label-22_ct.nii.gz",
+        "lumbar_vert": _TPT + "sub-ct_seg-vert_label-22_msk.nii.gz",
+        "lumbar_subreg": _TPT + "sub-ct_seg-subreg_label-22_msk.nii.gz",
+    })
+PLATIPY = Archive(
+    "platipy", "0.5.0.dev1", "platipy-0.5.0.dev1-py3-none-any.whl",
+    "9b417114cc99bbcc88eede30962da77282d16d887457ee2b6d9bb378c27fe7af",
+    {"plain_chest_ct": "platipy/backend/sample/testcase.nii.gz"})
+
 #: TotalSegmentator v2 "total" ids of the vertebrae (25 sacrum .. 50 C1)
 _VERTEBRA_IDS = range(25, 51)
 _T12_ID = 32
 #: value of the vertebral bodies in ``totalseg_vertebrae_body`` (2 marks the intervertebral discs)
 _BODY_VALUE = 1
+#: VerSe subregion labels of the vertebral body (TPTBox ``Location``: 49 corpus border, 50 corpus)
+VERSE_BODY_SUBREGIONS = (49, 50)
 
 CASE_ABDOMEN = "ts_abdomen_bodies"
 CASE_CHEST = "ts_chest_cta"
+CASE_LUMBAR_CROP = "verse_lumbar_crop"
+CASE_PLAIN_CHEST = "plain_chest_ct"
 
 
 class ReferenceDataError(RuntimeError):
-    """The source distribution could not be fetched, or is not the one pinned here."""
+    """An archive could not be fetched, or is not the one pinned here."""
 
 
-def download_sdist(folder: str) -> str:
-    """Download the pinned source distribution into ``folder`` with pip; returns its path."""
-    cmd = [sys.executable, "-m", "pip", "download", f"{PACKAGE}=={VERSION}", "--no-deps",
-           "--no-binary", ":all:", "--quiet", "-d", folder]
+def download(archive: Archive, folder: str) -> str:
+    """Download the pinned archive into ``folder`` with pip; returns its path."""
+    kind = ["--no-binary", ":all:"] if archive.is_sdist else ["--only-binary", ":all:"]
+    cmd = [sys.executable, "-m", "pip", "download", f"{archive.package}=={archive.version}", "--no-deps",
+           *kind, "--quiet", "-d", folder]
     done = subprocess.run(cmd, capture_output=True, text=True)
-    path = os.path.join(folder, SDIST_NAME)
+    path = os.path.join(folder, archive.filename)
     if done.returncode != 0 or not os.path.isfile(path):
-        raise ReferenceDataError(f"pip could not download {PACKAGE}=={VERSION}: {done.stderr.strip()[-500:]}")
+        raise ReferenceDataError(f"pip could not download {archive.package}=={archive.version}: "
+                                 f"{done.stderr.strip()[-500:]}")
     return path
 
 
-def _read_member(archive: tarfile.TarFile, member: str, scratch: str) -> sitk.Image:
-    try:
-        f = archive.extractfile(member)
-    except KeyError:
-        f = None
-    if f is None:
-        raise ReferenceDataError(f"{member} is missing from the source distribution")
+def read_members(archive: Archive, path: str, scratch: str, check_sha256: bool = True) -> dict:
+    """The images of ``archive.members`` from the file at ``path`` (its SHA-256 checked first)."""
+    if check_sha256:
+        got = sha256_of(path)
+        if got != archive.sha256:
+            raise ReferenceDataError(f"{path} has SHA-256 {got}, not the pinned {archive.sha256}")
+    images = {}
+    if archive.is_sdist:
+        with tarfile.open(path, "r:gz") as tar:
+            for name, member in archive.members.items():
+                try:
+                    f = tar.extractfile(member)
+                except KeyError:
+                    f = None
+                if f is None:
+                    raise ReferenceDataError(f"{member} is missing from {archive.filename}")
+                images[name] = _image_from_bytes(f.read(), member, scratch)
+    else:
+        with zipfile.ZipFile(path) as wheel:
+            for name, member in archive.members.items():
+                try:
+                    data = wheel.read(member)
+                except KeyError:
+                    raise ReferenceDataError(f"{member} is missing from {archive.filename}") from None
+                images[name] = _image_from_bytes(data, member, scratch)
+    return images
+
+
+def _image_from_bytes(data: bytes, member: str, scratch: str) -> sitk.Image:
     path = os.path.join(scratch, os.path.basename(member))
     with open(path, "wb") as out:
-        out.write(f.read())
+        out.write(data)
     return sitk.ReadImage(path)
 
 
@@ -93,60 +165,94 @@ def vertebra_bodies(total: sitk.Image, bodies: sitk.Image) -> sitk.Image:
     labels = sitk.GetArrayFromImage(total)
     body = sitk.GetArrayFromImage(sitk.Resample(bodies, total, sitk.Transform(), sitk.sitkNearestNeighbor, 0))
     keep = np.isin(labels, list(_VERTEBRA_IDS)) & (body == _BODY_VALUE)
-    out = sitk.GetImageFromArray(np.where(keep, labels, 0).astype(np.uint8))
-    out.CopyInformation(total)
-    return out
+    return _like(np.where(keep, labels, 0).astype(np.uint8), total)
+
+
+def verse_bodies(vert: sitk.Image, subreg: sitk.Image) -> sitk.Image:
+    """VerSe vertebra labels cut down to the body subregions (same grid)."""
+    labels = sitk.GetArrayFromImage(vert)
+    keep = np.isin(sitk.GetArrayFromImage(subreg), VERSE_BODY_SUBREGIONS)
+    return _like(np.where(keep, labels, 0).astype(np.uint8), vert)
 
 
 def t12_on_grid(t12: sitk.Image, ct: sitk.Image) -> sitk.Image:
     """A binary T12 mask (on any grid inside the CT) as a TotalSegmentator-id label map on the CT's grid."""
     on_ct = sitk.Resample(t12, ct, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
-    arr = (sitk.GetArrayFromImage(on_ct) > 0).astype(np.uint8) * _T12_ID
+    return _like((sitk.GetArrayFromImage(on_ct) > 0).astype(np.uint8) * _T12_ID, ct)
+
+
+def _like(arr: np.ndarray, reference: sitk.Image) -> sitk.Image:
     out = sitk.GetImageFromArray(arr)
-    out.CopyInformation(ct)
+    out.CopyInformation(reference)
     return out
 
 
-def build_cases(sdist: str, out: str, check_sha256: bool = True) -> dict[str, str]:
-    """Write the two case folders under ``out`` from the source distribution; returns name -> folder."""
-    if check_sha256:
-        got = sha256_of(sdist)
-        if got != SDIST_SHA256:
-            raise ReferenceDataError(f"{sdist} has SHA-256 {got}, not the pinned {SDIST_SHA256}")
-    os.makedirs(out, exist_ok=True)
-    with tempfile.TemporaryDirectory() as scratch, tarfile.open(sdist, "r:gz") as archive:
-        images = {name: _read_member(archive, member, scratch) for name, member in MEMBERS.items()}
-        abdomen = os.path.join(out, CASE_ABDOMEN)
-        chest = os.path.join(out, CASE_CHEST)
-        os.makedirs(abdomen, exist_ok=True)
-        os.makedirs(chest, exist_ok=True)
-        sitk.WriteImage(images["abdomen_ct"], os.path.join(abdomen, "ct.nii.gz"))
-        sitk.WriteImage(vertebra_bodies(images["abdomen_total"], images["abdomen_bodies"]),
-                        os.path.join(abdomen, "seg_vertebra_bodies.nii.gz"))
-        sitk.WriteImage(images["chest_ct"], os.path.join(chest, "ct.nii.gz"))
-        sitk.WriteImage(t12_on_grid(images["chest_t12"], images["chest_ct"]), os.path.join(chest, "seg_t12.nii.gz"))
-    with open(os.path.join(out, "SOURCE.txt"), "w") as f:
-        f.write(f"Built by training.reference_data from {SDIST_NAME} (PyPI, sha256 {SDIST_SHA256}),\n"
-                "TotalSegmentator's test reference files (Apache-2.0, github.com/wasserth/TotalSegmentator).\n"
-                "The labels are TotalSegmentator model outputs, not expert annotations.\n")
-    return {CASE_ABDOMEN: abdomen, CASE_CHEST: chest}
+def _write_case(out: str, name: str, files: dict) -> str:
+    folder = os.path.join(out, name)
+    os.makedirs(folder, exist_ok=True)
+    for filename, image in files.items():
+        sitk.WriteImage(image, os.path.join(folder, filename))
+    return folder
 
 
-def fetch(out: str, sdist: Optional[str] = None) -> dict[str, str]:
-    """Build the cases under ``out``, downloading the source distribution unless ``sdist`` is given."""
-    if sdist is not None:
-        return build_cases(sdist, out)
+def _totalsegmentator_cases(images: dict, out: str) -> dict:
+    return {
+        CASE_ABDOMEN: _write_case(out, CASE_ABDOMEN, {
+            "ct.nii.gz": images["abdomen_ct"],
+            "seg_vertebra_bodies.nii.gz": vertebra_bodies(images["abdomen_total"], images["abdomen_bodies"])}),
+        CASE_CHEST: _write_case(out, CASE_CHEST, {
+            "ct.nii.gz": images["chest_ct"],
+            "seg_t12.nii.gz": t12_on_grid(images["chest_t12"], images["chest_ct"])}),
+    }
+
+
+def _tptbox_cases(images: dict, out: str) -> dict:
+    return {CASE_LUMBAR_CROP: _write_case(out, CASE_LUMBAR_CROP, {
+        "ct.nii.gz": images["lumbar_ct"],
+        "seg_vertebra_bodies.nii.gz": verse_bodies(images["lumbar_vert"], images["lumbar_subreg"])})}
+
+
+def _platipy_cases(images: dict, out: str) -> dict:
+    return {CASE_PLAIN_CHEST: _write_case(out, CASE_PLAIN_CHEST, {"ct.nii.gz": images["plain_chest_ct"]})}
+
+
+#: each archive with the function that writes its case folders
+BUILDERS: dict = {TOTALSEGMENTATOR: _totalsegmentator_cases, TPTBOX: _tptbox_cases, PLATIPY: _platipy_cases}
+
+
+def build_cases(archive: Archive, path: str, out: str, check_sha256: bool = True) -> dict[str, str]:
+    """Write the case folders of one downloaded archive under ``out``; returns case name -> folder."""
+    builder: Callable[[dict, str], dict] = BUILDERS[archive]
+    with tempfile.TemporaryDirectory() as scratch:
+        images = read_members(archive, path, scratch, check_sha256)
+        os.makedirs(out, exist_ok=True)
+        cases = builder(images, out)
+    with open(os.path.join(out, f"SOURCE_{archive.package}.txt"), "w") as f:
+        f.write(f"Built by training.reference_data from {archive.filename} (PyPI, sha256 {archive.sha256}):\n"
+                f"{', '.join(archive.members.values())}\n"
+                "Labels there are the packages' test data (TotalSegmentator model outputs; TPTBox's VerSe-style\n"
+                "masks), not annotations made for this project.\n")
+    return cases
+
+
+def fetch(out: str, archives: Optional[dict] = None) -> dict[str, str]:
+    """Build every case under ``out``; ``archives`` maps an :class:`Archive` to an already downloaded file
+    (the others are downloaded)."""
+    archives = archives or {}
+    cases: dict[str, str] = {}
     with tempfile.TemporaryDirectory() as folder:
-        return build_cases(download_sdist(folder), out)
+        for archive in BUILDERS:
+            path = archives.get(archive) or download(archive, folder)
+            cases.update(build_cases(archive, path, out))
+    return cases
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="folder to write the case folders into")
-    parser.add_argument("--sdist", help=f"an already downloaded {SDIST_NAME} (else pip downloads it)")
     args = parser.parse_args(argv)
     try:
-        cases = fetch(args.out, args.sdist)
+        cases = fetch(args.out)
     except ReferenceDataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -18,6 +18,8 @@ from .errors import InputImageError
 MAX_VOXELS: int = 1024 * 1024 * 2100
 #: A CT covers at most this much in any direction (mm); a larger extent means broken spacing.
 MAX_EXTENT_MM: float = 2500.0
+#: The 1st intensity percentile of a CT lies at or below this (HU): every body holds fat (-100 HU) or air.
+NO_FAT_HU: float = -50.0
 
 
 def read_image(path: str) -> sitk.Image:
@@ -140,9 +142,11 @@ def validate_ct(image: sitk.Image, name: Optional[str] = None) -> None:
         raise InputImageError(f"{what} is empty: every voxel has the value {float(array.min()):g}.")
     # No bright voxel at all is not refused: a CT without bone (soft tissue only) is still a CT; the
     # spine search then finds nothing and the run ends with "no spine found", no labels, exit 0.
-    if lo > -400:
+    # Fat (-100 HU), not air: a spine CT reconstructed with a small field of view inside the body has no air,
+    # but it always has paraspinal fat; an MRI, a PET, a mask or raw CT values never go below zero.
+    if lo > NO_FAT_HU:
         raise InputImageError(
-            f"{what} has no air or fat (1st percentile {lo:.0f}): it does not look like a CT in Hounsfield units "
+            f"{what} has no fat or air (1st percentile {lo:.0f}): it does not look like a CT in Hounsfield units "
             "(an MRI, a PET, or a CT without its rescale slope/intercept?)."
         )
     if hi > 40000 or lo < -5000:

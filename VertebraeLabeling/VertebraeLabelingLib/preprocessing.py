@@ -18,6 +18,15 @@ AIR_HU: float = -1000.0
 #: Canonical direction: i → +x (left), j → +y (posterior), k → -z (inferior).
 CANONICAL_DIRECTION: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, -1.0)
 _AXIS_SIGN = np.array([1.0, 1.0, -1.0])  # canonical index axis (i, j, k) → LPS axis sign
+#: The volume mean and standard deviation (HU) that :func:`zscore` divides by are clamped to these ranges:
+#: the 1st..99th percentiles over 100 generated training CTs (mean -838..-111, std 331..545), which
+#: cover the real CTs we have (abdomen -355/455, chest CTA -330/476, chest CT -703/436). The paper's
+#: z-score makes a CT's appearance depend on its field of view: a spine CT reconstructed inside the body
+#: (no air) has mean about +50 and std about 150, so bone would sit at 6-7 standard deviations instead of
+#: the 3 the network learned, and a real lumbar crop of that kind got no label at all. Inside the ranges
+#: nothing changes.
+ZSCORE_MEAN_RANGE_HU: tuple[float, float] = (-850.0, -100.0)
+ZSCORE_STD_RANGE_HU: tuple[float, float] = (300.0, 550.0)
 
 
 @dataclass
@@ -50,18 +59,31 @@ class CanonicalVolume:
         return ijk[..., ::-1]
 
     def normalized(self) -> np.ndarray:
-        """Zero-mean, unit-variance copy of :attr:`hu` (the paper's normalisation), float32."""
+        """Zero-mean, unit-variance copy of :attr:`hu` (the paper's normalisation, see :func:`zscore`), float32."""
         return zscore(self.hu)
 
 
 def zscore(hu: np.ndarray) -> np.ndarray:
-    """Clamp below air and scale to zero mean and unit variance over the whole volume."""
+    """Clamp below air and scale to zero mean and unit variance over the whole volume.
+
+    The mean and standard deviation used are clamped to :data:`ZSCORE_MEAN_RANGE_HU` and
+    :data:`ZSCORE_STD_RANGE_HU`, so a CT whose field of view holds little or no air is scaled like the CTs
+    the network was trained on; for those the result is the plain z-score.
+    """
     clamped = np.maximum(hu, AIR_HU).astype(np.float32, copy=False)
-    mean = float(clamped.mean(dtype=np.float64))
-    std = float(clamped.std(dtype=np.float64))
+    mean, std = zscore_statistics(clamped)
+    return ((clamped - mean) / std).astype(np.float32, copy=False)
+
+
+def zscore_statistics(hu: np.ndarray) -> tuple[float, float]:
+    """The (mean, std) in HU that :func:`zscore` uses for ``hu`` (already clamped below air)."""
+    mean = float(hu.mean(dtype=np.float64))
+    std = float(hu.std(dtype=np.float64))
     if not np.isfinite(std) or std < 1e-3:
         raise InputImageError("The image has (almost) the same value everywhere after resampling; nothing to label.")
-    return ((clamped - mean) / std).astype(np.float32, copy=False)
+    mean = min(max(mean, ZSCORE_MEAN_RANGE_HU[0]), ZSCORE_MEAN_RANGE_HU[1])
+    std = min(max(std, ZSCORE_STD_RANGE_HU[0]), ZSCORE_STD_RANGE_HU[1])
+    return mean, std
 
 
 def canonical_grid(image: sitk.Image, spacing: float = WORKING_SPACING_MM) -> tuple[np.ndarray, tuple[int, int, int]]:
