@@ -22,8 +22,9 @@ From TPTBox's wheel (``tptbox==1.1.0``, Apache-2.0, 9 MB; the spine toolbox of t
 From platipy's wheel (``platipy==0.5.0.dev1``, Apache-2.0, 38 MB):
 
 * ``platipy/backend/sample/testcase.nii.gz``: a fourth patient, a chest CT without contrast (0.98 x 0.98
-  x 3 mm, C4 to L1), **without labels**: the model's output on it can be checked for plausibility (points
-  on one smooth spine curve), not scored.
+  x 3 mm, C4 to L1) without labels. We labelled C7 to L1 ourselves, by eye and semi-automatically
+  (``training/reference_truth/plain_chest_ct.json`` says how: disc levels from the HU profile along the
+  spine, names from the first and the last rib pair, which agree). Not an expert annotation.
 
 ``python -m training.reference_data --out DIR`` downloads the archives with pip, checks their SHA-256, takes
 those files out and writes case folders that ``training.evaluate --data labelmap:DIR/...`` reads:
@@ -35,10 +36,12 @@ those files out and writes case folders that ``training.evaluate --data labelmap
 * ``DIR/verse_lumbar_crop``: TPTBox's CT and ``seg_vertebra_bodies.nii.gz`` (VerSe ids, each vertebra cut to
   its body subregions); evaluate it with ``?map=verse``. L2 and L4 are cut by the crop: ``--whole-only``
   scores L3 alone.
-* ``DIR/plain_chest_ct``: platipy's CT alone.
+* ``DIR/plain_chest_ct``: platipy's CT and our centroids as a VerSe ``_ctd.json``; evaluate it with
+  ``verse:DIR/plain_chest_ct``.
 """
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -106,6 +109,10 @@ CASE_ABDOMEN = "ts_abdomen_bodies"
 CASE_CHEST = "ts_chest_cta"
 CASE_LUMBAR_CROP = "verse_lumbar_crop"
 CASE_PLAIN_CHEST = "plain_chest_ct"
+#: our by-eye body centres of the plain chest CT (C7-L1; how they were made is written in the file)
+PLAIN_CHEST_TRUTH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "reference_truth", "plain_chest_ct.json")
+PLAIN_CHEST_IMAGE = "sub-plainchest_ct.nii.gz"
+PLAIN_CHEST_CTD = "sub-plainchest_seg-subreg_ctd.json"
 
 
 class ReferenceDataError(RuntimeError):
@@ -213,7 +220,14 @@ def _tptbox_cases(images: dict, out: str) -> dict:
 
 
 def _platipy_cases(images: dict, out: str) -> dict:
-    return {CASE_PLAIN_CHEST: _write_case(out, CASE_PLAIN_CHEST, {"ct.nii.gz": images["plain_chest_ct"]})}
+    """The plain chest CT in VerSe's subject layout, with our by-eye centroids (:data:`PLAIN_CHEST_TRUTH`)."""
+    from .datasets.verse import write_verse_centroids
+
+    folder = _write_case(out, CASE_PLAIN_CHEST, {PLAIN_CHEST_IMAGE: images["plain_chest_ct"]})
+    with open(PLAIN_CHEST_TRUTH) as f:
+        centroids = json.load(f)["centroids_lps_mm"]
+    write_verse_centroids(os.path.join(folder, PLAIN_CHEST_CTD), centroids, images["plain_chest_ct"])
+    return {CASE_PLAIN_CHEST: folder}
 
 
 #: each archive with the function that writes its case folders

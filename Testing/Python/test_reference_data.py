@@ -6,6 +6,7 @@ files run where ``python -m training.reference_data --out DIR`` has been run (CI
 """
 
 import io
+import json
 import os
 import tarfile
 import zipfile
@@ -137,7 +138,8 @@ def test_every_archive_builds_its_folders_and_fetch_uses_files_given_to_it(tmp_p
     for archive, path in given.items():
         cases.update(rd.build_cases(archive, path, str(tmp_path / "out"), check_sha256=False))
     assert sorted(cases) == sorted([rd.CASE_ABDOMEN, rd.CASE_CHEST, rd.CASE_LUMBAR_CROP, rd.CASE_PLAIN_CHEST])
-    assert os.listdir(cases[rd.CASE_PLAIN_CHEST]) == ["ct.nii.gz"]
+    assert sorted(os.listdir(cases[rd.CASE_PLAIN_CHEST])) == [rd.PLAIN_CHEST_IMAGE, rd.PLAIN_CHEST_CTD]
+    assert len(load_dataset(f"verse:{cases[rd.CASE_PLAIN_CHEST]}")[0].centroids) == 14
 
 
 def test_an_archive_that_is_not_the_pinned_one_is_refused(tmp_path):
@@ -230,18 +232,36 @@ def test_bundled_model_names_l3_of_a_real_lumbar_crop_without_air(bundled):
     assert closest == "L3" and np.linalg.norm(found["L3"] - truth["L3"]) <= 20.0, (closest, found)
 
 
-def test_on_a_real_chest_ct_without_contrast_the_points_follow_one_spine(bundled):
-    """The fourth patient has no labels, so only plausibility is checked: the points run head to feet and
-    each lies within 15 mm of the line between its neighbours (measured: at most 7.9 mm, T8). On the chest
-    CTA the same check fails (T4 36 mm, T6 44 mm: points in the aorta). Naming is not checked: T6 is
-    missing and T5-T9 have confidence 0.24-0.31, the thoracic weakness of the CTA without its contrast."""
+def _plain_chest_case():
     folder = os.path.join(REFERENCE_DIR, rd.CASE_PLAIN_CHEST)
     if not os.path.isdir(folder):
         pytest.skip(f"no {folder}: run python -m training.reference_data --out {REFERENCE_DIR}")
+    return load_dataset(f"verse:{folder}")[0]
+
+
+@pytest.fixture(scope="module")
+def plain_chest_result(bundled):
     from VertebraeLabeling.VertebraeLabelingLib.image_io import read_image
     from VertebraeLabeling.VertebraeLabelingLib.inference import label_ct
 
-    result = label_ct(read_image(os.path.join(folder, "ct.nii.gz")), model=bundled[0], device="cpu")
+    case = _plain_chest_case()
+    return case, label_ct(read_image(case.image_path), model=bundled[0], device="cpu")
+
+
+def test_the_by_eye_reference_of_the_plain_chest_ct_is_what_the_file_says():
+    case = _plain_chest_case()
+    assert sorted(case.centroids, key=lambda n: -case.centroids[n][2])[0] == "C7" and len(case.centroids) == 14
+    with open(rd.PLAIN_CHEST_TRUTH) as f:
+        written = json.load(f)["centroids_lps_mm"]
+    for name, lps in written.items():  # through the VerSe file and back: the same points
+        np.testing.assert_allclose(case.centroids[name], lps, atol=0.05)
+
+
+def test_on_a_real_chest_ct_without_contrast_the_points_follow_one_spine(plain_chest_result):
+    """Plausibility, whatever the names: the points run head to feet and each lies within 15 mm of the line
+    between its neighbours (measured: at most 7.9 mm, T8). On the chest CTA the same check fails (T4 36 mm,
+    T6 44 mm: points in the aorta)."""
+    _case, result = plain_chest_result
     points = np.array([v.position_lps for v in result.vertebrae])
     assert len(points) >= 10
     assert np.all(np.diff(points[:, 2]) < 0)  # superior to inferior, as named
@@ -249,3 +269,15 @@ def test_on_a_real_chest_ct_without_contrast_the_points_follow_one_spine(bundled
         a, b, c = points[i - 1], points[i], points[i + 1]
         t = np.clip(np.dot(b - a, c - a) / np.dot(c - a, c - a), 0.0, 1.0)
         assert np.linalg.norm(a + t * (c - a) - b) <= 15.0, result.vertebrae[i].name
+
+
+@pytest.mark.xfail(strict=True, reason="issue 5: on real chest CTs the synthetic-only model names most thoracic "
+                   "vertebrae a level too high (6 of 14 right on the plain chest CT)")
+def test_bundled_model_names_the_thoracic_spine_of_the_plain_chest_ct(plain_chest_result):
+    """Against our by-eye reference (C7-L1): the paper's identification criterion for at least 12 of 14."""
+    from training import metrics
+
+    case, result = plain_chest_result
+    scored = metrics.evaluate_case(result.as_dict(), case.centroids, case.case_id)
+    right = [v.name for v in scored.vertebrae if v.identified]
+    assert len(right) >= 12, right
