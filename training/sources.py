@@ -7,6 +7,7 @@ the hold-out evaluation uses 900 000 +. Painted validation cases are new paintin
 maps: held out in appearance and deformation, not in shape.
 """
 
+import functools
 from collections.abc import Iterator
 from typing import Callable, Optional
 
@@ -20,25 +21,50 @@ HOLDOUT_SEED0 = 900_000
 CaseFactory = Callable[[int], PreparedCase]
 
 
-def synthetic_case(seed: int, spacing=(2.0, 2.0, 2.0)) -> PreparedCase:
+def synthetic_case(seed: int, spacing=(2.0, 2.0, 2.0), **generator_options) -> PreparedCase:
     """Generate synthetic case ``seed`` and prepare it for training.
 
     Training generates directly at the 2 mm working spacing (``spacing=None`` gives the realistic
-    random acquisition grid, which evaluation uses, at ~5x the cost).
+    random acquisition grid, which evaluation uses, at ~5x the cost). ``generator_options`` go to
+    :func:`training.synthetic.generate_case` (see :func:`synthetic_options`).
     """
     from .synthetic import generate_case
 
-    case = generate_case(seed, spacing=spacing, with_labels=False)
+    case = generate_case(seed, spacing=spacing, with_labels=False, **generator_options)
     prepared = prepare_case(case.image, case.centroids, case_id=f"synthetic-{seed}")
     if not np.isfinite(prepared.volume).all() or not prepared.present.any():
         raise ValueError(f"synthetic case {seed} is unusable")
     return prepared
 
 
+#: generator options a ``synthetic?...`` spec may set, with their parsers ("a-b" is a range)
+_SYNTHETIC_OPTIONS: dict = {
+    "cortical_mm": lambda v: tuple(float(x) for x in v.split("-")),
+    "arch_dense": float,
+    "rib_dense": float,
+}
+
+
+def synthetic_options(spec: str) -> dict:
+    """Generator options of a spec like ``synthetic?cortical_mm=1.0-2.0&arch_dense=0`` (``{}`` for plain
+    ``synthetic``): the knobs of :func:`training.synthetic.generate_case` an experiment may turn."""
+    _, _, query = spec.partition("?")
+    options = {}
+    for item in filter(None, query.split("&")):
+        key, _, value = item.partition("=")
+        if key not in _SYNTHETIC_OPTIONS:
+            raise ValueError(f"unknown synthetic option {key!r}; known: {', '.join(_SYNTHETIC_OPTIONS)}")
+        options[key] = _SYNTHETIC_OPTIONS[key](value)
+    if "cortical_mm" in options and len(options["cortical_mm"]) != 2:
+        raise ValueError("cortical_mm takes a range, e.g. cortical_mm=1.0-2.0")
+    return options
+
+
 def seeded_factory(spec: str) -> Optional[CaseFactory]:
-    """The case maker of an endless, seeded spec (``synthetic``, ``painted:DIR``); None for real data."""
-    if spec == "synthetic":
-        return synthetic_case
+    """The case maker of an endless, seeded spec (``synthetic[?options]``, ``painted:DIR``); None for real data."""
+    if spec == "synthetic" or spec.startswith("synthetic?"):
+        options = synthetic_options(spec)
+        return functools.partial(synthetic_case, **options) if options else synthetic_case
     if spec.startswith("painted:"):
         from .painted import PaintedSource
 

@@ -163,3 +163,33 @@ def test_an_arterial_phase_ct_has_blood_brighter_than_its_vertebral_bodies():
     assert not (blood & vertebrae).any()
     assert np.median(a[blood]) > 300 > np.median(b[blood])
     assert np.median(a[blood]) > np.median(a[vertebrae])
+
+
+def test_the_bone_look_knobs_change_the_bone_and_nothing_else():
+    """Thin shells around darker bone (how real laminae and ribs look) against solid cortex: same anatomy,
+    the posterior elements and ribs only get brighter with the solid look."""
+    kwargs = dict(spacing=(2.0, 2.0, 2.0), random_appearance_prob=0.0, metal_prob=0.0)
+    shell = generate_case(11, arch_dense=0.0, rib_dense=0.0, **kwargs)
+    solid = generate_case(11, arch_dense=1.0, rib_dense=1.0, **kwargs)
+    assert shell.centroids.keys() == solid.centroids.keys()
+    for name in shell.centroids:
+        np.testing.assert_array_equal(shell.centroids[name], solid.centroids[name])
+    a = sitk.GetArrayFromImage(shell.image).astype(float)
+    b = sitk.GetArrayFromImage(solid.image).astype(float)
+    changed = np.abs(a - b) > 1
+    assert changed.any() and np.all(b[changed] >= a[changed])
+    thick = generate_case(11, cortical_mm=(2.0, 2.0), **kwargs)
+    assert thick.meta["cortical_mm"] == 2.0 and shell.meta["cortical_mm"] < 1.1
+
+
+def test_a_synthetic_spec_carries_generator_options_and_refuses_unknown_ones():
+    from training.sources import seeded_factory, synthetic_options
+
+    assert synthetic_options("synthetic") == {}
+    assert synthetic_options("synthetic?cortical_mm=1.0-2.0&arch_dense=0") == {"cortical_mm": (1.0, 2.0),
+                                                                               "arch_dense": 0.0}
+    with pytest.raises(ValueError, match="unknown synthetic option 'ribs'"):
+        synthetic_options("synthetic?ribs=0")
+    with pytest.raises(ValueError, match="range"):
+        synthetic_options("synthetic?cortical_mm=1.5")
+    assert seeded_factory("synthetic?rib_dense=0.1").keywords == {"rib_dense": 0.1}

@@ -54,7 +54,9 @@ def generate_case(seed: int, *, full_spine_prob: float = 0.1, spacing: Optional[
                   compression_prob: float = 0.03, scoliosis_prob: float = 0.2,
                   random_appearance_prob: float = 0.2, contrast_prob: float = 0.3, arterial_prob: float = 0.35,
                   reorient_prob: float = 0.5, min_vertebrae: int = 2, max_voxels: float = 6e6,
-                  with_labels: bool = True, dtype=np.int16, sacrum: Optional[dict] = None) -> SyntheticCase:
+                  with_labels: bool = True, dtype=np.int16, sacrum: Optional[dict] = None,
+                  cortical_mm: tuple[float, float] = (0.5, 1.1), arch_dense: float = 0.3,
+                  rib_dense: float = 0.45) -> SyntheticCase:
     """Generate one synthetic spine CT.
 
     Args:
@@ -80,6 +82,13 @@ def generate_case(seed: int, *, full_spine_prob: float = 0.1, spacing: Optional[
         dtype: ``np.int16`` (CT-like) or ``np.float32``.
         sacrum: fixes some draws of the sacrum's shape (keys of :func:`anatomy.sacral_angles`'
             ``fixed`` and ``s1_wedge``), for tests and diagnostics.
+        cortical_mm: range of the cortical shell thickness (mm), one draw per patient.
+        arch_dense: fraction of the posterior elements' inside painted as cortical bone (0: a shell around
+            cancellous bone, as real laminae and spinous processes look on CT; 1: solid cortex).
+        rib_dense: the same for the ribs.
+        The last three are the "bone look" knobs of the session-8 experiment (real thoracic spines show
+        thin bright shells around darker bone where the generated ones are solid); their defaults are the
+        generator the bundled model was trained on.
     """
     rng = np.random.default_rng(seed)
     meta: dict = {"seed": int(seed)}
@@ -110,14 +119,14 @@ def generate_case(seed: int, *, full_spine_prob: float = 0.1, spacing: Optional[
     cortical_hu = float(np.clip(rng.normal(800, 180), 400, 1400))
     bone_hu = {BONE_RIB: base * 1.1, BONE_PELVIS: base * 0.9, BONE_SACRUM_LOW: base * 0.95,
                BONE_OTHER: base, BONE_SKULL: base * 1.5}
-    cortical_mm = rng.uniform(0.5, 1.1)
+    shell_mm = rng.uniform(*cortical_mm)
     for lv in spine.levels:
         bid = lv.label if lv.label else BONE_SACRUM_LOW
         bone_hu[bid] = base * rng.uniform(0.92, 1.08) * (1.4 if lv.compression < 1 else 1.0)
-        paint_vertebra(cv, lv, bid, cortical_mm)
-    paint_ribcage(cv, spine, rng, cortical_mm)
-    paint_pelvis(cv, spine, rng, cortical_mm)
-    paint_skull_and_shoulders(cv, spine, rng, cortical_mm)
+        paint_vertebra(cv, lv, bid, shell_mm, arch_dense=arch_dense)
+    paint_ribcage(cv, spine, rng, shell_mm, rib_dense=rib_dense)
+    paint_pelvis(cv, spine, rng, shell_mm)
+    paint_skull_and_shoulders(cv, spine, rng, shell_mm)
     metal = bool(rng.random() < metal_prob)
     if metal:
         meta["implants"] = paint_implants(cv, spine, rng)
@@ -136,7 +145,7 @@ def generate_case(seed: int, *, full_spine_prob: float = 0.1, spacing: Optional[
     if metal:
         add_streaks(hu, cv, rng)
     meta.update(appearance=mode, arterial=arterial, noise_sd=noise_sd, psf_mm=[float(p) for p in psf],
-                bone_hu=base, cortical_hu=cortical_hu)
+                bone_hu=base, cortical_hu=cortical_hu, cortical_mm=float(shell_mm))
     _reconstruction_circle(hu, cv, rng, meta)
     np.clip(hu, -3024, 3071, out=hu)
 

@@ -17,7 +17,8 @@ _RIB = {1: (55, 45, 165, 25), 2: (75, 62, 170, 45), 3: (90, 75, 170, 60), 4: (10
         13: (90, 75, 60, 20)}
 
 
-def paint_ribcage(cv: Canvas, spine: Spine, rng: np.random.Generator, cortical_mm: float) -> None:
+def paint_ribcage(cv: Canvas, spine: Spine, rng: np.random.Generator, cortical_mm: float,
+                  rib_dense: float = 0.45) -> None:
     """Twelve (or 11 / 13) rib pairs from the thoracic vertebrae, cartilage, sternum, scapulae."""
     size = float(rng.uniform(0.85, 1.15))
     sternum_pts = []
@@ -42,7 +43,7 @@ def paint_ribcage(cv: Canvas, spine: Spine, rng: np.random.Generator, cortical_m
             local = np.concatenate([[head, tub], arc], axis=0)
             pts = fr.origin[None, :] + local @ fr.rot.T
             r = np.linspace(4.8, 3.6, len(pts)) * (1.15 if i == 1 else 1.0)
-            cv.stamp_tube(pts, r, cortical_mm, BONE_RIB, dense=0.45)
+            cv.stamp_tube(pts, r, cortical_mm, BONE_RIB, dense=rib_dense)
             if end >= 150:  # costal cartilage to the sternum
                 cphi = np.deg2rad(np.linspace(end, 178, 6))
                 cfrac = (cphi - phi0) / (np.pi - phi0)

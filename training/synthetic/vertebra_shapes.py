@@ -145,8 +145,9 @@ def paint_soft_parts(cv: Canvas, spine: Spine) -> None:
                         lambda L, A, U, r=r, ac=ac, hh=hh: sd_ellcyl(L, A, U, (0, ac, 0), r, hh), T.CANAL)
 
 
-def paint_vertebra(cv: Canvas, lv: Level, density_id: int, cortical_mm: float) -> None:
-    """Paint one vertebra's bone (body + posterior elements) and its label."""
+def paint_vertebra(cv: Canvas, lv: Level, density_id: int, cortical_mm: float, arch_dense: float = 0.3) -> None:
+    """Paint one vertebra's bone (body + posterior elements) and its label; ``arch_dense`` is the cortical
+    fraction inside the posterior elements."""
     fr = lv.frame
     label = lv.label
     if lv.kind == "C1":
@@ -166,7 +167,7 @@ def paint_vertebra(cv: Canvas, lv: Level, density_id: int, cortical_mm: float) -
     if lv.kind in ("sacral", "sacral_low"):
         _paint_sacral_segment(cv, lv, bone_id, cortical_mm)
         return
-    cv.paint_bone_parts(fr, _arch_parts(lv), cortical_mm, bone_id, label, dense=0.3)
+    cv.paint_bone_parts(fr, _arch_parts(lv), cortical_mm, bone_id, label, dense=arch_dense)
 
 
 def _paint_c1(cv: Canvas, lv: Level, bone_id: int, cortical_mm: float) -> None:
