@@ -1,6 +1,6 @@
-"""Real CTs beyond the bundled one: TotalSegmentator's published test cases, fetched from PyPI.
+"""Real CTs beyond the bundled one: test data that TotalSegmentator, TPTBox and platipy publish on PyPI.
 
-The building of the case folders is tested on a small fake source distribution. The checks on the real
+The building of the case folders is tested on small fake archives in the same layouts. The checks on the real
 files run where ``python -m training.reference_data --out DIR`` has been run (CI does, into
 ``.cache/reference_data``; elsewhere point ``VERTEBRAE_REFERENCE_DATA`` at DIR) and are skipped otherwise.
 """
