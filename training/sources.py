@@ -42,6 +42,7 @@ _SYNTHETIC_OPTIONS: dict = {
     "cortical_mm": lambda v: tuple(float(x) for x in v.split("-")),
     "arch_dense": float,
     "rib_dense": float,
+    "thoracic_depth": float,
 }
 
 

@@ -193,3 +193,15 @@ def test_a_synthetic_spec_carries_generator_options_and_refuses_unknown_ones():
     with pytest.raises(ValueError, match="range"):
         synthetic_options("synthetic?cortical_mm=1.5")
     assert seeded_factory("synthetic?rib_dense=0.1").keywords == {"rib_dense": 0.1}
+
+
+def test_deeper_thoracic_bodies_leave_the_rest_of_the_spine_alone():
+    from training.synthetic.anatomy import build_spine
+
+    args = (1.0, None, False, 0.0, 0.0, 0.0)
+    plain = build_spine(np.random.default_rng(5), *args)
+    deep = build_spine(np.random.default_rng(5), *args, thoracic_depth=1.25)
+    for a, b in zip(plain.levels, deep.levels):
+        assert a.name == b.name and np.allclose(a.frame.origin, b.frame.origin)
+        assert b.D == pytest.approx(a.D * (1.25 if a.kind == "thoracic" else 1.0))
+        assert (a.H, a.W) == (b.H, b.W)

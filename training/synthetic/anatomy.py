@@ -114,14 +114,15 @@ def level_names(transitional: Optional[str]) -> list[str]:
 
 def build_spine(rng: np.random.Generator, size: float, transitional: Optional[str],
                 eleven_ribs: bool, compression_prob: float, scoliosis_prob: float,
-                roll_deg: float, sacrum: Optional[dict] = None) -> Spine:
+                roll_deg: float, sacrum: Optional[dict] = None, thoracic_depth: float = 1.0) -> Spine:
     """Random spine: jittered level dimensions, sagittal/coronal curve and one frame per vertebra.
 
     The curve starts at the C1 centre, which is placed at the LPS origin; the caller shifts it.
     ``sacrum`` fixes some of :func:`sacral_angles`' draws (tests, diagnostics). The sacrum's own
     draws come from a child of ``rng``, so that changing the sacrum model
     leaves the other random draws of a seed as they were (a case still changes where its field of
-    view is placed relative to S2).
+    view is placed relative to S2). ``thoracic_depth`` scales the thoracic bodies' front-to-back depth
+    (no random draw depends on it).
     """
     from VertebraeLabeling.VertebraeLabelingLib.vertebrae import NAME_TO_INDEX
 
@@ -134,7 +135,8 @@ def build_spine(rng: np.random.Generator, size: float, transitional: Optional[st
     for i, n in enumerate(names):
         row = _TABLE[n]
         s = size * (1.0 + drift[i])
-        lv = Level(n, row[0], row[1] * s * rng.uniform(0.96, 1.04), row[2] * s, row[3] * s,
+        depth = row[3] * s * (thoracic_depth if row[0] == "thoracic" else 1.0)
+        lv = Level(n, row[0], row[1] * s * rng.uniform(0.96, 1.04), row[2] * s, depth,
                    row[4] * s * rng.uniform(0.75, 1.2), row[5] * s, row[6] * s, row[7] * s,
                    row[8] * s * rng.uniform(0.85, 1.15), row[9] + rng.normal(0, 5),
                    row[10] * s * rng.uniform(0.85, 1.15), row[11])
