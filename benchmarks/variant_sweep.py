@@ -80,12 +80,11 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from training.sources import synthetic_options
+    from VertebraeLabeling.VertebraeLabelingLib.model_io import default_model_path
 
     os.makedirs(args.out, exist_ok=True)
     log = os.path.join(args.out, "sweep.log")
-    bundled = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "Resources", "Models",
-                           "vertebrae_net.pt")
-    start = args.model or bundled
+    start = args.model or default_model_path()
     header = [name for name, _ in REAL_CASES] + (["synthetic val"] if args.synthetic else [])
     rows = [("start weights", evaluate_model(start, os.path.join(args.out, "start"), args, log))]
     for i, spec in enumerate(args.variant):

@@ -158,11 +158,11 @@ def test_a_missing_member_is_named(tmp_path):
         rd.build_cases(rd.PLATIPY, wheel, str(tmp_path / "out"), check_sha256=False)
 
 
-def _reference_case(name: str, spec: str = ""):
+def _reference_case(name: str, spec: str = "", kind: str = "labelmap"):
     folder = os.path.join(REFERENCE_DIR, name)
     if not os.path.isdir(folder):
         pytest.skip(f"no {folder}: run python -m training.reference_data --out {REFERENCE_DIR}")
-    return load_dataset(f"labelmap:{folder}{spec}")[0]
+    return load_dataset(f"{kind}:{folder}{spec}")[0]
 
 
 @pytest.fixture(scope="module")
@@ -232,24 +232,17 @@ def test_bundled_model_names_l3_of_a_real_lumbar_crop_without_air(bundled):
     assert closest == "L3" and np.linalg.norm(found["L3"] - truth["L3"]) <= 20.0, (closest, found)
 
 
-def _plain_chest_case():
-    folder = os.path.join(REFERENCE_DIR, rd.CASE_PLAIN_CHEST)
-    if not os.path.isdir(folder):
-        pytest.skip(f"no {folder}: run python -m training.reference_data --out {REFERENCE_DIR}")
-    return load_dataset(f"verse:{folder}")[0]
-
-
 @pytest.fixture(scope="module")
 def plain_chest_result(bundled):
     from VertebraeLabeling.VertebraeLabelingLib.image_io import read_image
     from VertebraeLabeling.VertebraeLabelingLib.inference import label_ct
 
-    case = _plain_chest_case()
+    case = _reference_case(rd.CASE_PLAIN_CHEST, kind="verse")
     return case, label_ct(read_image(case.image_path), model=bundled[0], device="cpu")
 
 
 def test_the_by_eye_reference_of_the_plain_chest_ct_is_what_the_file_says():
-    case = _plain_chest_case()
+    case = _reference_case(rd.CASE_PLAIN_CHEST, kind="verse")
     assert sorted(case.centroids, key=lambda n: -case.centroids[n][2])[0] == "C7" and len(case.centroids) == 14
     with open(rd.PLAIN_CHEST_TRUTH) as f:
         written = json.load(f)["centroids_lps_mm"]
