@@ -14,7 +14,8 @@ moving average, and evaluates it with ``training.evaluate`` on the real referenc
         --variant "synthetic?cortical_mm=1.0-2.0&arch_dense=0&rib_dense=0.1&thoracic_depth=1.25"
 
 The plain ``synthetic`` variant is the control: the same minutes on today's generator. ``--model`` adds the
-starting weights as a row without training.
+starting weights as a row without training. A variant may mix sources, joined by `` + ``
+(``--variant "synthetic + painted:DIR"``: one case from each in turn, ``training.train --data A B``).
 """
 
 import argparse
@@ -67,9 +68,12 @@ def evaluate_model(model: str, out: str, args, log: str) -> list:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="folder for one run folder per variant and the table")
-    ap.add_argument("--variant", action="append", default=[], help="a synthetic?... training spec; repeatable")
+    ap.add_argument("--variant", action="append", default=[],
+                    help="a training spec (synthetic?..., painted:DIR), or several joined by ' + ' (a mix); repeatable")
     ap.add_argument("--model", default=None, help="also score these weights as they are (default: the bundled ones)")
     ap.add_argument("--minutes", type=float, default=3.0, help="training time per variant")
+    ap.add_argument("--steps", type=int, default=0,
+                    help="train each variant for this many steps instead (an equal budget on a busy machine)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=4)
@@ -88,18 +92,23 @@ def main(argv=None) -> int:
     header = [name for name, _ in REAL_CASES] + (["synthetic val"] if args.synthetic else [])
     rows = [("start weights", evaluate_model(start, os.path.join(args.out, "start"), args, log))]
     for i, spec in enumerate(args.variant):
-        synthetic_options(spec)  # an unknown option fails here, not after minutes of training
+        specs = [part.strip() for part in spec.split(" + ")]
+        for part in specs:
+            if part.startswith("synthetic"):
+                synthetic_options(part)  # an unknown option fails here, not after minutes of training
         run_dir = os.path.join(args.out, f"variant{i}")
-        cmd = [sys.executable, "-m", "training.train", "--data", spec, "--run-dir", run_dir, "--init", start,
+        cmd = [sys.executable, "-m", "training.train", "--data", *specs, "--run-dir", run_dir, "--init", start,
                "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--ema-decay", "0.995",
                "--workers", str(args.workers), "--val-every", "100000", "--save-every", "100000",
-               "--max-minutes", str(args.minutes), "--device", args.device, "--seed", "8"]
+               "--device", args.device, "--seed", "8"]
+        cmd += ["--steps", str(args.steps)] if args.steps else ["--max-minutes", str(args.minutes)]
         if args.crop:
             cmd += ["--crop", args.crop]
         _run(cmd, log)
         exported = os.path.join(run_dir, "exported.pt")
         _run([sys.executable, "-m", "training.export", os.path.join(run_dir, "last.pt"), "--to", exported,
-              "--description", f"variant sweep: {spec}, {args.minutes} min"], log)
+              "--description", f"variant sweep: {spec}, "
+              + (f"{args.steps} steps" if args.steps else f"{args.minutes} min")], log)
         rows.append((spec, evaluate_model(exported, run_dir, args, log)))
 
     lines = ["| variant | " + " | ".join(header) + " |", "|---" * (len(header) + 1) + "|"]

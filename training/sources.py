@@ -8,8 +8,9 @@ maps: held out in appearance and deformation, not in shape.
 """
 
 import functools
-from collections.abc import Iterator
-from typing import Callable, Optional
+import math
+from collections.abc import Iterator, Sequence
+from typing import Callable, Optional, Union
 
 import numpy as np
 
@@ -19,6 +20,16 @@ VALIDATION_SEED0 = 800_000
 HOLDOUT_SEED0 = 900_000
 
 CaseFactory = Callable[[int], PreparedCase]
+#: One data spec, or several that are mixed (``synthetic`` and ``painted:DIR``, for instance).
+Specs = Union[str, Sequence[str]]
+
+
+def as_spec_list(specs: Specs) -> list[str]:
+    """``specs`` as a non-empty list of data specs."""
+    out = [specs] if isinstance(specs, str) else list(specs)
+    if not out:
+        raise ValueError("no data spec given")
+    return out
 
 
 def synthetic_case(seed: int, spacing=(2.0, 2.0, 2.0), **generator_options) -> PreparedCase:
@@ -112,8 +123,26 @@ class CaseSource:
                     yield prepare_case(case.load_image(), case.centroids, case_id=case.case_id)
 
 
-def validation_cases(spec: str, count: int) -> list[PreparedCase]:
-    """A fixed list of validation cases (synthetic or painted seeds from VALIDATION_SEED0, or the first real cases)."""
+def mixed_cases(specs: Specs, seed: int, stream_id: int, num_streams: int) -> Iterator[PreparedCase]:
+    """Cases from several data specs in turn, one from each (equal shares; repeat a spec to weight it).
+
+    Each spec keeps its own deterministic stream (:class:`CaseSource`), so a mix is as reproducible as its parts.
+    """
+    streams = [iter(CaseSource(spec, seed, stream_id, num_streams)) for spec in as_spec_list(specs)]
+    while True:
+        for stream in streams:
+            yield next(stream)
+
+
+def validation_cases(spec: Specs, count: int) -> list[PreparedCase]:
+    """A fixed list of validation cases (synthetic or painted seeds from VALIDATION_SEED0, or the first real cases).
+
+    Several specs share ``count`` evenly (rounded up), in the order given.
+    """
+    if not isinstance(spec, str):
+        specs = as_spec_list(spec)
+        share = math.ceil(count / len(specs))
+        return [case for one in specs for case in validation_cases(one, share)]
     factory = seeded_factory(spec)
     if factory is not None:
         out, seed = [], VALIDATION_SEED0

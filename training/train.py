@@ -29,7 +29,7 @@ from VertebraeLabeling.VertebraeLabelingLib.network import BLOCK_SHAPE, Vertebra
 from .crops import make_crop
 from .loss import vertebrae_loss
 from .prepared import PreparedCase
-from .sources import CaseSource, validation_cases
+from .sources import Specs, mixed_cases, validation_cases
 from .weights import checkpoint_architecture, read_weights
 
 
@@ -40,7 +40,7 @@ class CropStream(IterableDataset):
     crops (``pool_size`` cases in memory, one replaced every ``refresh_every`` crops).
     """
 
-    def __init__(self, spec: str, seed: int, rank: int, world: int, crop_shape=BLOCK_SHAPE,
+    def __init__(self, spec: Specs, seed: int, rank: int, world: int, crop_shape=BLOCK_SHAPE,
                  pool_size: int = 8, refresh_every: int = 4) -> None:
         self.spec, self.seed, self.rank, self.world = spec, seed, rank, world
         self.crop_shape = tuple(crop_shape)
@@ -50,7 +50,7 @@ class CropStream(IterableDataset):
         info = get_worker_info()
         wid, nw = (info.id, info.num_workers) if info else (0, 1)
         stream_id = self.rank * nw + wid
-        source = iter(CaseSource(self.spec, self.seed, stream_id, self.world * nw))
+        source = mixed_cases(self.spec, self.seed, stream_id, self.world * nw)
         rng = np.random.default_rng([self.seed, stream_id, 12345])
         pool: List[PreparedCase] = []
         n = 0
@@ -65,7 +65,7 @@ class CropStream(IterableDataset):
             yield torch.from_numpy(crop), torch.from_numpy(presence), torch.from_numpy(coords)
 
 
-def fixed_validation_set(spec: str, cases: int, crops_per_case: int, crop_shape, seed: int = 4242):
+def fixed_validation_set(spec: Specs, cases: int, crops_per_case: int, crop_shape, seed: int = 4242):
     """Deterministic validation crops (no augmentation), built once."""
     rng = np.random.default_rng(seed)
     items = []
@@ -136,10 +136,12 @@ def init_from(model: VertebraeNet, path: str) -> List[str]:
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", default="synthetic",
+    p.add_argument("--data", nargs="+", default=["synthetic"],
                    help="synthetic | verse:DIR | csi:DIR | labelmap:DIR | painted:DIR "
-                        "(label maps painted with random intensities)")
-    p.add_argument("--val-data", help="validation data spec (default: same kind as --data, held-out seeds)")
+                        "(label maps painted with random intensities); several specs are mixed, "
+                        "one case from each in turn (repeat a spec to give it a larger share)")
+    p.add_argument("--val-data", nargs="+",
+                   help="validation data spec(s) (default: those of --data, held-out seeds)")
     p.add_argument("--run-dir", dest="run", default="runs/default", help="output folder (checkpoints, log)")
     p.add_argument("--steps", type=int, default=20000)
     p.add_argument("--batch-size", type=int, default=2)

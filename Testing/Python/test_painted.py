@@ -6,6 +6,7 @@ in the vertebra it names and keeps the spine's order and spacing; ``painted:DIR`
 ``synthetic`` does.
 """
 
+import itertools
 import os
 
 import numpy as np
@@ -17,7 +18,7 @@ from training.datasets import label_centroids, read_image
 from training.datasets.labelmap import TOTALSEGMENTATOR_V2
 from training.painted import PaintedCase, paint_labelmap
 from training.prepared import PreparedCase
-from training.sources import CaseSource
+from training.sources import CaseSource, mixed_cases, validation_cases
 
 NAME_TO_ID = {name: label for label, name in TOTALSEGMENTATOR_V2.items()}
 LUMBAR = ["L1", "L2", "L3", "L4", "L5", "S1"]
@@ -157,3 +158,18 @@ def test_a_painted_data_spec_feeds_training():
     assert case.volume.dtype == np.float16 and np.isfinite(case.volume).all()
     assert case.present.sum() >= 3
     assert np.all((case.centroids[case.present] >= 0) & (case.centroids[case.present] < case.volume.shape))
+
+
+def test_painted_and_synthetic_cases_mix_in_turn_and_reproducibly():
+    """``--data synthetic painted:DIR`` trains on both routes: one case from each, in turn, seeded."""
+    if not os.path.isdir(SHARED_CASE):
+        pytest.skip("../shared is not available")
+    specs = ["synthetic", f"painted:{SHARED_CASE}"]
+    ids = [case.case_id for case in itertools.islice(mixed_cases(specs, seed=3, stream_id=0, num_streams=1), 4)]
+    assert [i.split("-")[0] for i in ids] == ["synthetic", "painted", "synthetic", "painted"]
+    assert len(set(ids)) == 4
+    again = next(mixed_cases(specs, seed=3, stream_id=0, num_streams=1))
+    assert again.case_id == ids[0]
+    # validation splits its count over the specs, in the order given
+    val = validation_cases(specs, 2)
+    assert [c.case_id.split("-")[0] for c in val] == ["synthetic", "painted"]
