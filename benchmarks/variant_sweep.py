@@ -71,6 +71,8 @@ def main(argv=None) -> int:
     ap.add_argument("--variant", action="append", default=[],
                     help="a training spec (synthetic?..., painted:DIR), or several joined by ' + ' (a mix); repeatable")
     ap.add_argument("--model", default=None, help="also score these weights as they are (default: the bundled ones)")
+    ap.add_argument("--no-start", action="store_true",
+                    help="do not score the starting weights (already scored by an earlier sweep)")
     ap.add_argument("--minutes", type=float, default=3.0, help="training time per variant")
     ap.add_argument("--steps", type=int, default=0,
                     help="train each variant for this many steps instead (an equal budget on a busy machine)")
@@ -90,7 +92,7 @@ def main(argv=None) -> int:
     log = os.path.join(args.out, "sweep.log")
     start = args.model or default_model_path()
     header = [name for name, _ in REAL_CASES] + (["synthetic val"] if args.synthetic else [])
-    rows = [("start weights", evaluate_model(start, os.path.join(args.out, "start"), args, log))]
+    rows = [] if args.no_start else [("start weights", evaluate_model(start, os.path.join(args.out, "start"), args, log))]
     for i, spec in enumerate(args.variant):
         specs = [part.strip() for part in spec.split(" + ")]
         for part in specs:
