@@ -73,6 +73,7 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default=None, help="also score these weights as they are (default: the bundled ones)")
     ap.add_argument("--no-start", action="store_true",
                     help="do not score the starting weights (already scored by an earlier sweep)")
+    ap.add_argument("--seed", type=int, default=8, help="training seed (crops and cases); rerun with another to see the spread")
     ap.add_argument("--minutes", type=float, default=3.0, help="training time per variant")
     ap.add_argument("--steps", type=int, default=0,
                     help="train each variant for this many steps instead (an equal budget on a busy machine)")
@@ -102,7 +103,7 @@ def main(argv=None) -> int:
         cmd = [sys.executable, "-m", "training.train", "--data", *specs, "--run-dir", run_dir, "--init", start,
                "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--ema-decay", "0.995",
                "--workers", str(args.workers), "--val-every", "100000", "--save-every", "100000",
-               "--device", args.device, "--seed", "8"]
+               "--device", args.device, "--seed", str(args.seed)]
         cmd += ["--steps", str(args.steps)] if args.steps else ["--max-minutes", str(args.minutes)]
         if args.crop:
             cmd += ["--crop", args.crop]
