@@ -41,5 +41,7 @@ def read_weights(path: str, prefer_ema: bool = True) -> tuple[dict[str, Any], Ar
     use_ema = prefer_ema and "ema" in ckpt
     info: dict[str, Any] = {"weights": "ema" if use_ema else "raw"}
     if "step" in ckpt:
-        info.update(step=int(ckpt["step"]), data=config.get("data"), best_val=float(ckpt.get("best_val", "nan")))
+        data = config.get("data")  # a list of specs since runs can mix sources; one string before
+        data = " + ".join(data) if isinstance(data, (list, tuple)) else data
+        info.update(step=int(ckpt["step"]), data=data, best_val=float(ckpt.get("best_val", "nan")))
     return (ckpt["ema"] if use_ema else ckpt["model"]), checkpoint_architecture(config), info
