@@ -86,7 +86,7 @@ def main(argv=None) -> int:
     ap.add_argument("--reference", default=".cache/reference_data")
     args = ap.parse_args(argv)
 
-    from training.sources import synthetic_options
+    from training.sources import split_mix_label, synthetic_options
     from VertebraeLabeling.VertebraeLabelingLib.model_io import default_model_path
 
     os.makedirs(args.out, exist_ok=True)
@@ -95,7 +95,7 @@ def main(argv=None) -> int:
     header = [name for name, _ in REAL_CASES] + (["synthetic val"] if args.synthetic else [])
     rows = [] if args.no_start else [("start weights", evaluate_model(start, os.path.join(args.out, "start"), args, log))]
     for i, spec in enumerate(args.variant):
-        specs = [part.strip() for part in spec.split(" + ")]
+        specs = split_mix_label(spec)
         for part in specs:
             if part.startswith("synthetic"):
                 synthetic_options(part)  # an unknown option fails here, not after minutes of training

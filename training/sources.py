@@ -24,12 +24,26 @@ CaseFactory = Callable[[int], PreparedCase]
 Specs = Union[str, Sequence[str]]
 
 
+#: How a mix is written in one string (a manifest's ``data``, a sweep's ``--variant``): ``synthetic + painted:DIR``.
+MIX_SEPARATOR = " + "
+
+
 def as_spec_list(specs: Specs) -> list[str]:
     """``specs`` as a non-empty list of data specs."""
     out = [specs] if isinstance(specs, str) else list(specs)
     if not out:
         raise ValueError("no data spec given")
     return out
+
+
+def mix_label(specs: Specs) -> str:
+    """One string for one spec or a mix (``synthetic + painted:DIR``); :func:`split_mix_label` reverses it."""
+    return MIX_SEPARATOR.join(as_spec_list(specs))
+
+
+def split_mix_label(label: str) -> list[str]:
+    """The specs of a :func:`mix_label` string."""
+    return [part.strip() for part in label.split(MIX_SEPARATOR)]
 
 
 def synthetic_case(seed: int, spacing=(2.0, 2.0, 2.0), **generator_options) -> PreparedCase:

@@ -29,7 +29,7 @@ from VertebraeLabeling.VertebraeLabelingLib.network import BLOCK_SHAPE, Vertebra
 from .crops import make_crop
 from .loss import vertebrae_loss
 from .prepared import PreparedCase
-from .sources import Specs, mixed_cases, validation_cases
+from .sources import Specs, mix_label, mixed_cases, validation_cases
 from .weights import checkpoint_architecture, read_weights
 
 
@@ -325,7 +325,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             best_val = val_loss
             save_weights(shipped, os.path.join(args.run, "best.pt"), trained=True,
                          description=f"best validation loss {val_loss:.4f} at step {step}",
-                         training={"step": step, "val_loss": val_loss, "data": " + ".join(args.data)})
+                         training={"step": step, "val_loss": val_loss, "data": mix_label(args.data)})
         out_of_time = bool(args.max_minutes) and time.time() - t_start > 60.0 * args.max_minutes
         if world > 1 and args.max_minutes:
             # every rank must stop at the same step, or the others would wait forever in the next all-reduce

@@ -16,6 +16,8 @@ import torch
 
 from VertebraeLabeling.VertebraeLabelingLib.model_io import load_state_dict, manifest_architecture, manifest_path
 
+from .sources import mix_label
+
 Architecture = tuple[tuple[int, ...], int]
 
 
@@ -42,6 +44,6 @@ def read_weights(path: str, prefer_ema: bool = True) -> tuple[dict[str, Any], Ar
     info: dict[str, Any] = {"weights": "ema" if use_ema else "raw"}
     if "step" in ckpt:
         data = config.get("data")  # a list of specs since runs can mix sources; one string before
-        data = " + ".join(data) if isinstance(data, (list, tuple)) else data
+        data = mix_label(data) if data else data
         info.update(step=int(ckpt["step"]), data=data, best_val=float(ckpt.get("best_val", "nan")))
     return (ckpt["ema"] if use_ema else ckpt["model"]), checkpoint_architecture(config), info
