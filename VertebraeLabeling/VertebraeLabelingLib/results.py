@@ -9,11 +9,17 @@ from .vertebrae import region_of
 
 @dataclass
 class LabeledVertebra:
-    """One labeled vertebra: its name, centroid in LPS millimetres and confidence in [0, 1]."""
+    """One labeled vertebra: its name, centroid in LPS millimetres and confidence in [0, 1].
+
+    ``basis`` says in a few words how the name was reached, for the reader who checks it: e.g.
+    "last rib pair", "counted from the sacrum", "network only" (empty for results made before naming
+    was anchored).
+    """
 
     name: str
     position_lps: np.ndarray
     confidence: float
+    basis: str = ""
 
     @property
     def position_ras(self) -> np.ndarray:
