@@ -5,6 +5,7 @@ Examples::
     python -m training.evaluate --data labelmap:../shared/data/ts_example_ct --out eval/real
     python -m training.evaluate --data verse:/data/verse20 --model model.pt --out eval/verse
     python -m training.evaluate --synthetic 200 --seed0 900000 --out eval/synthetic
+    python -m training.evaluate --synthetic 20 --seed0 910000 --synthetic-variant 13_ribs --out eval/13_ribs
 
 Writes to ``--out``: ``table.txt`` (what is printed), ``cases.csv`` (one row per case),
 ``vertebrae.csv`` (one row per ground-truth vertebra), ``predictions.json`` (predicted LPS
@@ -67,8 +68,13 @@ def from_annotated(case: AnnotatedCase) -> EvaluationCase:
                           list(case.notes))
 
 
-def synthetic_cases(n: int, seed0: int) -> Iterator[EvaluationCase]:
-    """``n`` generated cases with seeds ``seed0 .. seed0 + n - 1`` (generated one at a time)."""
+def synthetic_cases(n: int, seed0: int, variant: Optional[str] = None) -> Iterator[EvaluationCase]:
+    """``n`` generated cases with seeds ``seed0 .. seed0 + n - 1`` (generated one at a time).
+
+    ``variant`` forces a transitional anatomy in every case (``13_ribs``, ``6_lumbar``, ... see
+    :mod:`training.synthetic.variants`); the truth keeps counting from C1, and the case's notes say which
+    variant it has.
+    """
     from .synthetic import generate_case  # heavy and optional: import only when asked for
 
     for seed in range(seed0, seed0 + n):
@@ -76,7 +82,7 @@ def synthetic_cases(n: int, seed0: int) -> Iterator[EvaluationCase]:
 
         def make(seed: int = seed, holder: Dict[str, object] = holder) -> object:
             if "case" not in holder:
-                holder["case"] = generate_case(seed)
+                holder["case"] = generate_case(seed) if variant is None else generate_case(seed, variant=variant)
             return holder["case"]
 
         case = make()
@@ -84,6 +90,9 @@ def synthetic_cases(n: int, seed0: int) -> Iterator[EvaluationCase]:
         truth = keep_known({k: np.asarray(v, dtype=float) for k, v in case.centroids.items()},
                            notes, f"seed {seed}")
         partial = list(getattr(case, "partial", []) or [])
+        if case.meta.get("variant"):
+            notes.append(f"variant {case.meta['variant']}: rib pairs {case.meta.get('rib_pairs')}, "
+                         f"lumbar {case.meta.get('lumbar_count')}, cervical rib {case.meta.get('cervical_rib')}")
         yield EvaluationCase(f"synthetic_{seed}", lambda make=make: make().image, truth, partial, notes)
         holder.clear()  # the volume is no longer needed once the case is evaluated
 
@@ -178,12 +187,27 @@ def write_outputs(run: EvaluationRun, out_dir: str, method: str = "Ours",
     return table
 
 
+def _variant_arg(text: str) -> str:
+    """argparse type of ``--synthetic-variant``: a name the generator knows."""
+    from .synthetic.variants import parse_variant
+
+    try:
+        parse_variant(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    return text
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n")[0])
     parser.add_argument("--data", action="append", default=[],
                         help="data spec (verse:PATH, csi:PATH, labelmap:PATH[?options]); repeatable")
     parser.add_argument("--synthetic", type=int, default=0, metavar="N", help="also evaluate N generated cases")
     parser.add_argument("--seed0", type=int, default=1_000_000, help="first seed of the generated cases")
+    parser.add_argument("--synthetic-variant", default=None, type=_variant_arg, metavar="NAME",
+                        help="force a transitional anatomy in every generated case: 11_ribs, 13_ribs, "
+                             "cervical_rib[_left|_right|_both], 6_lumbar, sacralised_l5[_left|_right|_both], "
+                             "13_thoracic or none")
     parser.add_argument("--model", default=None, help="weights file (default: the bundled model)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--out", default=None, help="folder for table.txt, cases.csv, summary.json, ...")
@@ -212,12 +236,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for case in real:
             yield from_annotated(case)
         if args.synthetic > 0:
-            yield from synthetic_cases(args.synthetic, args.seed0)
+            yield from synthetic_cases(args.synthetic, args.seed0, args.synthetic_variant)
 
     labeler, manifest = core_labeler(args.model, args.device)
     run = evaluate(all_cases(), labeler, whole_only=args.whole_only,
                    total=len(real) + max(args.synthetic, 0), progress=not args.no_progress)
     extra = {"data": args.data, "synthetic": args.synthetic, "seed0": args.seed0 if args.synthetic else None,
+             "synthetic_variant": args.synthetic_variant if args.synthetic else None,
              "model": args.model or "bundled", "model_manifest": manifest, "whole_only": args.whole_only}
     if args.out:
         table = write_outputs(run, args.out, method=args.method, extra=extra)

@@ -62,18 +62,35 @@ def synthetic_case(seed: int, spacing=(2.0, 2.0, 2.0), **generator_options) -> P
     return prepared
 
 
+def _variant_name(text: str) -> str:
+    """A ``variant=`` value checked against the generator's names (a side suffix is kept)."""
+    from .synthetic.variants import parse_variant
+
+    parse_variant(text)  # raises ValueError on an unknown name
+    return text
+
+
 #: generator options a ``synthetic?...`` spec may set, with their parsers ("a-b" is a range)
 _SYNTHETIC_OPTIONS: dict = {
     "cortical_mm": lambda v: tuple(float(x) for x in v.split("-")),
     "arch_dense": float,
     "rib_dense": float,
     "thoracic_depth": float,
+    # transitional anatomy (training.synthetic.variants): force one, or change how often each is drawn
+    "variant": _variant_name,
+    "transitional_prob": float,
+    "eleven_ribs_prob": float,
+    "lumbar_rib_prob": float,
+    "cervical_rib_prob": float,
+    "sacralised_l5_prob": float,
 }
 
 
 def synthetic_options(spec: str) -> dict:
     """Generator options of a spec like ``synthetic?cortical_mm=1.0-2.0&arch_dense=0`` (``{}`` for plain
-    ``synthetic``): the knobs of :func:`training.synthetic.generate_case` an experiment may turn."""
+    ``synthetic``): the knobs of :func:`training.synthetic.generate_case` an experiment may turn, including
+    the transitional anatomy (``synthetic?variant=13_ribs`` forces a lumbar rib pair on L1 in every case,
+    ``synthetic?lumbar_rib_prob=0.2`` makes it more common)."""
     _, _, query = spec.partition("?")
     options = {}
     for item in filter(None, query.split("&")):

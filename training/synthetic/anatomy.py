@@ -114,7 +114,8 @@ def level_names(transitional: Optional[str]) -> list[str]:
 
 def build_spine(rng: np.random.Generator, size: float, transitional: Optional[str],
                 eleven_ribs: bool, compression_prob: float, scoliosis_prob: float,
-                roll_deg: float, sacrum: Optional[dict] = None, thoracic_depth: float = 1.0) -> Spine:
+                roll_deg: float, sacrum: Optional[dict] = None, thoracic_depth: float = 1.0,
+                l5_disc_scale: float = 1.0) -> Spine:
     """Random spine: jittered level dimensions, sagittal/coronal curve and one frame per vertebra.
 
     The curve starts at the C1 centre, which is placed at the LPS origin; the caller shifts it.
@@ -122,7 +123,8 @@ def build_spine(rng: np.random.Generator, size: float, transitional: Optional[st
     draws come from a child of ``rng``, so that changing the sacrum model
     leaves the other random draws of a seed as they were (a case still changes where its field of
     view is placed relative to S2). ``thoracic_depth`` scales the thoracic bodies' front-to-back depth
-    (no random draw depends on it).
+    (no random draw depends on it). ``l5_disc_scale`` scales the L5-S1 disc (a sacralised L5's narrow
+    disc; no random draw depends on it either).
     """
     from VertebraeLabeling.VertebraeLabelingLib.vertebrae import NAME_TO_INDEX
 
@@ -156,6 +158,10 @@ def build_spine(rng: np.random.Generator, size: float, transitional: Optional[st
     for lv in levels:
         if lv.kind in ("lumbar", "cervical") and rng.random() < 0.15:
             lv.disc *= rng.uniform(0.3, 0.7)
+    if l5_disc_scale != 1.0:
+        for lv in levels:
+            if lv.name == "L5":
+                lv.disc *= l5_disc_scale
 
     # arc-length position of each body centre (C1 -> C2 is fixed by the dens, not by a disc)
     s_pos = [0.0]

@@ -21,6 +21,7 @@ from .body import paint_body
 from .canvas import BONE_OTHER, BONE_PELVIS, BONE_RIB, BONE_SACRUM_LOW, BONE_SKULL, Canvas
 from .implants import add_streaks, paint_implants
 from .skeleton import paint_pelvis, paint_ribcage, paint_skull_and_shoulders
+from .variants import paint_sacralised_l5, paint_variant_ribs, plan_variant, variant_meta
 from .vertebra_shapes import paint_soft_parts, paint_vertebra
 
 
@@ -56,7 +57,9 @@ def generate_case(seed: int, *, full_spine_prob: float = 0.1, spacing: Optional[
                   reorient_prob: float = 0.5, min_vertebrae: int = 2, max_voxels: float = 6e6,
                   with_labels: bool = True, dtype=np.int16, sacrum: Optional[dict] = None,
                   cortical_mm: tuple[float, float] = (0.5, 1.1), arch_dense: float = 0.3,
-                  rib_dense: float = 0.45, thoracic_depth: float = 1.0) -> SyntheticCase:
+                  rib_dense: float = 0.45, thoracic_depth: float = 1.0, variant: Optional[str] = None,
+                  lumbar_rib_prob: float = 0.025, cervical_rib_prob: float = 0.01,
+                  sacralised_l5_prob: float = 0.025) -> SyntheticCase:
     """Generate one synthetic spine CT.
 
     Args:
@@ -66,6 +69,16 @@ def generate_case(seed: int, *, full_spine_prob: float = 0.1, spacing: Optional[
             coarsened when the grid would exceed ``max_voxels``. Pass (2, 2, 2) for fast training data.
         transitional_prob: probability of a transitional spine (L6 or T13, half each).
         eleven_ribs_prob: probability that T12 carries no ribs (11 rib pairs, names unchanged).
+        variant: force one transitional anatomy (see :mod:`training.synthetic.variants`): ``"none"``,
+            ``"11_ribs"``, ``"13_ribs"`` (a lumbar rib pair on L1), ``"cervical_rib"`` (on C7; add ``_left``,
+            ``_right`` or ``_both`` to fix the side), ``"6_lumbar"`` (an extra L6), ``"sacralised_l5"``
+            (also ``_left`` / ``_right`` / ``_both``; alias ``"4_lumbar"``) or ``"13_thoracic"`` (an extra T13).
+            None (default): drawn at random with the probabilities here. The truth is in ``meta``:
+            ``variant``, ``rib_pairs``, ``rib_bearing``, ``lumbar_rib``, ``cervical_rib``, ``lumbar_count``,
+            ``sacralised_l5``, ``extra_lumbar_centroid_lps``, ``extra_thoracic_centroid_lps``.
+        lumbar_rib_prob, cervical_rib_prob, sacralised_l5_prob: probabilities of the newer variants, drawn
+            from a separate stream and only in cases without an older one (L6, T13, 11 ribs), so cases
+            without a variant are the same as before these existed.
         metal_prob: probability of pedicle screws and rods with streak artefacts.
         compression_prob: per-vertebra probability (thoracic/lumbar) of a wedge compression.
         scoliosis_prob: probability of a marked scoliosis.
@@ -88,7 +101,7 @@ def generate_case(seed: int, *, full_spine_prob: float = 0.1, spacing: Optional[
         rib_dense: the same for the ribs.
         thoracic_depth: scale of the thoracic bodies' front-to-back depth (the real plain chest CT's are
             24-38 mm deep at mid-height against the table's 18-31 mm, while its level steps are 0.92x).
-        The last four are the knobs of session 8's comparison with a real plain chest CT (thin bright
+        The last four are the knobs of the comparison with a real plain chest CT (thin bright
         shells around darker bone where the generated ones are solid; deeper thoracic bodies); their
         defaults are the generator the bundled model was trained on.
     """
@@ -99,16 +112,20 @@ def generate_case(seed: int, *, full_spine_prob: float = 0.1, spacing: Optional[
     if rng.random() < transitional_prob:
         transitional = "L6" if rng.random() < 0.5 else "T13"
     eleven = bool(rng.random() < eleven_ribs_prob)
+    plan = plan_variant(seed, transitional, eleven, variant, lumbar_rib_prob, cervical_rib_prob,
+                        sacralised_l5_prob)
+    transitional, eleven = plan.transitional, plan.eleven_ribs
     size = float(np.clip(rng.normal(1.0, 0.07), 0.85, 1.18))
     roll = float(rng.normal(0, 4))
     spine = build_spine(rng, size, transitional, eleven, compression_prob, scoliosis_prob, roll, sacrum=sacrum,
-                        thoracic_depth=thoracic_depth)
+                        thoracic_depth=thoracic_depth, l5_disc_scale=plan.l5_disc_scale)
     # scanner coordinates: put L1 somewhere plausible for a patient on the table
     shift = np.array([rng.normal(0, 15), rng.uniform(20, 110), rng.uniform(-700, 300)]) \
         - spine.by_name("L1").frame.origin
     for lv in spine.levels:
         lv.frame.origin = lv.frame.origin + shift
     meta.update(spine.meta, transitional=transitional, eleven_ribs=eleven, size=size)
+    meta.update(variant_meta(spine, plan))
     meta["compressed"] = [lv.name for lv in spine.levels if lv.compression < 1]
 
     cv = _make_canvas(rng, spine, full_spine_prob, spacing, min_vertebrae, max_voxels, meta)
@@ -127,7 +144,10 @@ def generate_case(seed: int, *, full_spine_prob: float = 0.1, spacing: Optional[
         bid = lv.label if lv.label else BONE_SACRUM_LOW
         bone_hu[bid] = base * rng.uniform(0.92, 1.08) * (1.4 if lv.compression < 1 else 1.0)
         paint_vertebra(cv, lv, bid, shell_mm, arch_dense=arch_dense)
+        if lv.name == "L5":
+            paint_sacralised_l5(cv, spine, plan, shell_mm)  # before S1, whose label wins where they fuse
     paint_ribcage(cv, spine, rng, shell_mm, rib_dense=rib_dense)
+    paint_variant_ribs(cv, spine, plan, shell_mm, rib_dense=rib_dense)
     paint_pelvis(cv, spine, rng, shell_mm)
     paint_skull_and_shoulders(cv, spine, rng, shell_mm)
     metal = bool(rng.random() < metal_prob)

@@ -7,7 +7,7 @@ thoracic levels, and the pelvis is what surrounds the lumbosacral junction in th
 import numpy as np
 
 from . import tissues as T
-from .anatomy import Spine
+from .anatomy import Level, Spine
 from .canvas import BONE_OTHER, BONE_PELVIS, BONE_RIB, BONE_SKULL, Canvas, Frame, sd_ellipsoid
 
 # rib index (1..13): (half-span, AP semi-axis, end angle deg from the posterior pole, drop mm)
@@ -30,18 +30,10 @@ def paint_ribcage(cv: Canvas, spine: Spine, rng: np.random.Generator, cortical_m
         span *= size * rng.uniform(0.95, 1.05)
         ap *= size * rng.uniform(0.95, 1.05)
         fr = lv.frame
-        ac = -(lv.D / 2 + lv.canal_d / 2 + 1.0)
         a_e = -32.0 + ap  # ellipse centre: its posterior pole lies behind the transverse processes
         phi0 = np.deg2rad(28)
         for side in (-1, 1):
-            head = (side * (lv.W / 2 + 1.5), -lv.D * 0.3, lv.H * 0.3)
-            tub = (side * (lv.canal_w / 2 + lv.ped_w + lv.tp_len * 0.8), ac - 6, lv.H * 0.2)
-            phis = np.deg2rad(np.arange(28, end + 1, 6.0))
-            frac = (phis - phi0) / (np.pi - phi0)
-            arc = np.stack([side * span * np.sin(phis), a_e - ap * np.cos(phis),
-                            lv.H * 0.2 - drop * frac ** 1.3], axis=1)
-            local = np.concatenate([[head, tub], arc], axis=0)
-            pts = fr.origin[None, :] + local @ fr.rot.T
+            pts = rib_points(lv, side, span, ap, end, drop)
             r = np.linspace(4.8, 3.6, len(pts)) * (1.15 if i == 1 else 1.0)
             cv.stamp_tube(pts, r, cortical_mm, BONE_RIB, dense=rib_dense)
             if end >= 150:  # costal cartilage to the sternum
@@ -71,6 +63,24 @@ def paint_ribcage(cv: Canvas, spine: Spine, rng: np.random.Generator, cortical_m
         cl = np.array([(side * 25, 95 * size, 25), (side * 70, 95 * size, 35), (side * 120, 70 * size, 40),
                        (side * 140 * size, 30, 40)], float)
         cv.stamp_tube(t1.origin[None, :] + cl @ t1.rot.T, 6.0, cortical_mm, BONE_OTHER, dense=0.4)
+
+
+def rib_points(lv: Level, side: int, span: float, ap: float, end: float, drop: float) -> np.ndarray:
+    """LPS points (N, 3) of one rib of vertebra ``lv``: head at the body, tubercle behind the transverse
+    process, then an elliptic arc (half-span ``span``, AP semi-axis ``ap``) from 28 deg to ``end`` deg from its
+    posterior pole, dropping ``drop`` mm over a half turn. ``side`` +1 = patient left, -1 = right."""
+    fr = lv.frame
+    ac = -(lv.D / 2 + lv.canal_d / 2 + 1.0)
+    a_e = -32.0 + ap  # ellipse centre: its posterior pole lies behind the transverse processes
+    phi0 = np.deg2rad(28)
+    head = (side * (lv.W / 2 + 1.5), -lv.D * 0.3, lv.H * 0.3)
+    tub = (side * (lv.canal_w / 2 + lv.ped_w + lv.tp_len * 0.8), ac - 6, lv.H * 0.2)
+    phis = np.deg2rad(np.arange(28, end + 1, 6.0))
+    frac = (phis - phi0) / (np.pi - phi0)
+    arc = np.stack([side * span * np.sin(phis), a_e - ap * np.cos(phis),
+                    lv.H * 0.2 - drop * frac ** 1.3], axis=1)
+    local = np.concatenate([[head, tub], arc], axis=0)
+    return fr.origin[None, :] + local @ fr.rot.T
 
 
 def _pelvis_frame(spine: Spine) -> Frame:
