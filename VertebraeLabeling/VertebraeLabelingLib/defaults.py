@@ -25,3 +25,8 @@ DEFAULT_MIRROR: bool = True
 #: the 36 misidentified vertebrae (0.3 flagged 8 cases, 20 of the 36). The real chest CT angiogram the
 #: bundled model mislabels has two points at 0.14.
 LOW_CONFIDENCE: float = 0.4
+
+#: Name the levels by counting the vertebral bodies from anatomical anchors (the first and last rib pairs,
+#: the sacrum, C2) together with the network's probabilities, instead of the network's names alone
+#: (``naming.py``; the measurement is in ``training/studies/``).
+DEFAULT_ANCHORS: bool = True

@@ -11,8 +11,8 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from . import aggregation, blocks, preprocessing, review
-from .defaults import DEFAULT_MIN_PROBABILITY, DEFAULT_MIRROR, DEFAULT_STRIDE
+from . import aggregation, blocks, naming, preprocessing, review
+from .defaults import DEFAULT_ANCHORS, DEFAULT_MIN_PROBABILITY, DEFAULT_MIRROR, DEFAULT_STRIDE
 from .errors import CancelledError
 from .image_io import is_oblique, read_image, validate_ct
 from .model_io import load_model
@@ -87,6 +87,7 @@ def label_ct(
     exhaustive: bool = False,
     model_path: Optional[str] = None,
     mirror: bool = DEFAULT_MIRROR,
+    anchors: bool = DEFAULT_ANCHORS,
 ) -> LabelingResult:
     """Find and name the vertebrae in ``image``.
 
@@ -100,6 +101,8 @@ def label_ct(
         min_probability: a block's vote for a vertebra counts only above this probability.
         exhaustive: tile the whole volume instead of following the spine (slow; for comparison).
         mirror: also look at each block left-right mirrored, as a second vote (twice the network time).
+        anchors: name the levels by counting bodies from anatomical anchors (ribs, sacrum, C2) together with
+            the network's probabilities (:mod:`naming`); False keeps the network's names alone.
     Raises:
         InputImageError, ModelFileError, CancelledError.
     """
@@ -145,12 +148,29 @@ def label_ct(
     _check_cancel(cancel)
     agg = aggregation.aggregate(predictions, volume.spacing, min_probability, volume.shape)
     result.probabilities = agg.max_probabilities
-    for cand in agg.chosen:
-        result.vertebrae.append(LabeledVertebra(
-            name=VERTEBRA_NAMES[cand.label],
-            position_lps=volume.index_to_lps(cand.position),
-            confidence=float(cand.confidence),
-        ))
+    anchored, named, _ = (None, None, None) if not anchors else naming.anchored_labels(
+        volume.hu, volume.spacing, agg.candidates)
+    if anchored:
+        for lab in anchored:
+            result.vertebrae.append(LabeledVertebra(
+                name=VERTEBRA_NAMES[lab.label],
+                position_lps=volume.index_to_lps(lab.position),
+                confidence=float(lab.confidence),
+                basis=lab.basis,
+            ))
+        result.anchors = list(named.anchors)
+        result.messages.extend(named.notes)
+    else:
+        for cand in agg.chosen:
+            result.vertebrae.append(LabeledVertebra(
+                name=VERTEBRA_NAMES[cand.label],
+                position_lps=volume.index_to_lps(cand.position),
+                confidence=float(cand.confidence),
+                basis="network only",
+            ))
+        if anchors:
+            result.messages.append("No anatomical anchor in view (no first or last rib pair, sacrum or C2): "
+                                   "the names are the network's alone.")
     result.timings["aggregate"] = time.perf_counter() - t3
     result.timings["total"] = time.perf_counter() - t0
     if not result.vertebrae:

@@ -40,6 +40,7 @@ class LabelingResult:
         timings: seconds per stage.
         messages: things the user should know (no spine found, oblique input, untrained model...).
         model_trained: False when the weights are the untrained placeholder: results are meaningless.
+        anchors: the anatomical anchors the names were counted from ("last rib pair: T12 (body 14 of 15)").
     """
 
     vertebrae: list[LabeledVertebra] = field(default_factory=list)
@@ -48,6 +49,7 @@ class LabelingResult:
     messages: list[str] = field(default_factory=list)
     model_trained: bool = True
     num_blocks: int = 0
+    anchors: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, np.ndarray]:
         """``{name: position_lps}``."""

@@ -1,0 +1,118 @@
+"""Anatomical anchors a radiologist counts from: the ribs (T1 carries the first pair, T12 the last).
+
+A rib leaves the spine at its own vertebra (the head at the body, the neck along the transverse process) and
+runs out sideways and back before it turns forward. In a band beside the spine (20–80 mm from the spine
+curve, from the front of the body to well behind the canal) each rib is a separate bony bar that starts next
+to the vertebra and reaches far out; a lumbar transverse process also starts there but ends within about
+55 mm; the scapula does not reach in to the spine; the ilium does, but as a plate many centimetres tall. So a
+rib is a connected piece of bone (> 200 HU) in that band that comes within 32 mm of the curve, reaches at
+least 60 mm from it and is no taller than a few vertebrae; its level is where it meets the spine (the mean
+slice of its innermost 12 mm), and it belongs to the body whose discs enclose that slice.
+
+Each body then gets, per side, "rib", "no rib" or "not seen" (the band is outside the image on that side).
+"""
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+from scipy import ndimage
+
+from .bodies import BodyChain
+
+RIB_BONE_HU: float = 200.0
+#: The band beside the spine searched for ribs: distance from the spine curve left-right (mm) ...
+BAND_LATERAL_MM: tuple[float, float] = (20.0, 80.0)
+#: ... and front-to-back (mm, + = behind the body centre).
+BAND_AP_MM: tuple[float, float] = (-15.0, 60.0)
+#: A rib comes this close to the spine curve (mm) ...
+RIB_MEDIAL_MM: float = 32.0
+#: ... and reaches at least this far from it (a lumbar transverse process ends within about 55 mm).
+RIB_LATERAL_MM: float = 60.0
+#: Bone taller than this (mm) inside the band is a plate (ilium, scapula), not a rib.
+RIB_MAX_HEIGHT_MM: float = 70.0
+
+SIDES = ("right", "left")
+
+
+@dataclass
+class Rib:
+    """One rib found beside the spine: its side, the slice where it meets the spine, and its body (or None)."""
+
+    side: str
+    k: float
+    body: Optional[int]
+    reach_mm: float
+
+
+@dataclass
+class RibSurvey:
+    """Ribs per body: ``state[b][side]`` is "rib", "none" or "unseen"."""
+
+    ribs: list[Rib] = field(default_factory=list)
+    state: list[dict[str, str]] = field(default_factory=list)
+
+    def bearing(self, b: int) -> Optional[bool]:
+        """True: a rib on at least one side; False: no rib on a side that was seen; None: neither side seen."""
+        s = self.state[b]
+        if "rib" in s.values():
+            return True
+        if "none" in s.values():
+            return False
+        return None
+
+    def sides_with_ribs(self, b: int) -> int:
+        return sum(v == "rib" for v in self.state[b].values())
+
+
+def find_ribs(hu: np.ndarray, spacing: float, chain: BodyChain) -> list[Rib]:
+    """Ribs beside the spine curve of ``chain`` in a canonical HU volume (not yet assigned to bodies)."""
+    ribs: list[Rib] = []
+    if chain.curve_k is None:
+        return ribs
+    k_lo, k_hi = int(chain.curve_k[0]), int(chain.curve_k[-1])
+    sub = hu[k_lo:k_hi + 1]
+    ks = np.arange(k_lo, k_hi + 1)
+    jc = np.interp(ks, chain.curve_k, chain.curve_j)
+    ic = np.interp(ks, chain.curve_k, chain.curve_i)
+    lateral = (np.arange(hu.shape[2])[None, :] - ic[:, None]) * spacing  # (K, I), + = patient's left
+    ap = (np.arange(hu.shape[1])[None, :] - jc[:, None]) * spacing       # (K, J), + = posterior
+    in_ap = (ap >= BAND_AP_MM[0]) & (ap <= BAND_AP_MM[1])
+    in_lat = (np.abs(lateral) >= BAND_LATERAL_MM[0]) & (np.abs(lateral) <= BAND_LATERAL_MM[1])
+    mask = (sub > RIB_BONE_HU) & in_ap[:, :, None] & in_lat[:, None, :]
+    labels, count = ndimage.label(mask)
+    for n, box in enumerate(ndimage.find_objects(labels), start=1):
+        if box is None:
+            continue
+        kk, _, ii = np.nonzero(labels[box] == n)
+        kk = kk + box[0].start
+        ii = ii + box[2].start
+        dist = (ii - ic[kk]) * spacing
+        side = "left" if np.median(dist) > 0 else "right"
+        dist = np.abs(dist)
+        if dist.min() > RIB_MEDIAL_MM or dist.max() < RIB_LATERAL_MM:
+            continue
+        if np.ptp(kk) * spacing > RIB_MAX_HEIGHT_MM:
+            continue
+        inner = kk[dist <= dist.min() + 12.0]
+        k = float(inner.mean()) + k_lo
+        ribs.append(Rib(side, k, None, float(dist.max())))
+    return sorted(ribs, key=lambda r: r.k)
+
+
+def survey_ribs(hu_shape: tuple, spacing: float, chain: BodyChain, ribs: list[Rib]) -> RibSurvey:
+    """Assign ``ribs`` to the bodies of ``chain`` and record, per body and side, "rib", "none" or "unseen"."""
+    survey = RibSurvey(state=[{side: "unseen" for side in SIDES} for _ in chain.bodies])
+    for rib in ribs:
+        survey.ribs.append(Rib(rib.side, rib.k, chain.body_at(rib.k), rib.reach_mm))
+    # Which sides were seen: the band's outer part lies inside the image at the body's level.
+    for b, body in enumerate(chain.bodies):
+        i_centre = float(np.interp(body.position[0], chain.curve_k, chain.curve_i))
+        for side, sign in (("left", 1.0), ("right", -1.0)):
+            outer = i_centre + sign * RIB_LATERAL_MM / spacing
+            if 0 <= outer <= hu_shape[2] - 1:
+                survey.state[b][side] = "none"
+    for rib in survey.ribs:
+        if rib.body is not None:
+            survey.state[rib.body][rib.side] = "rib"
+    return survey
