@@ -10,6 +10,10 @@ The Logic's MRML-only methods work without Qt (e.g. with PyPI's ``slicer-core``)
 be tested outside the Slicer application; the GUI imports are guarded for that reason only.
 """
 
+import contextlib
+import hashlib
+import importlib.metadata
+import importlib.util
 import json
 import logging
 import os
@@ -22,6 +26,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from typing import Annotated, Callable, NamedTuple, Optional
 
 import slicer
@@ -95,13 +100,30 @@ SAMPLE_NAME = "VertebraeLabelingAbdomenCT"
 ATTR_ROLE = "VertebraeLabeling.Role"  # "output" on the anchor, "region" on the others
 ATTR_REGION = "VertebraeLabeling.Region"
 ATTR_FINGERPRINT = "VertebraeLabeling.Fingerprint"
-ATTR_SOURCE_VOLUME = "VertebraeLabeling.SourceVolume"
+# The CT a point set was made from: a node reference, which scene import remaps when node IDs clash
+# (an attribute holding the ID would then name another scene's node). Older scenes stored the ID as an
+# attribute of the same name; it is removed when the set is rewritten and never read.
+REF_SOURCE_VOLUME = "VertebraeLabeling.SourceVolume"
+LEGACY_ATTR_SOURCE_VOLUME = "VertebraeLabeling.SourceVolume"
 REF_REGION_PREFIX = "VertebraeLabeling.RegionNode."
+# The selection node (Slicer's "active place list", where the toolbar's place mode adds points).
+SELECTION_NODE_ID = "vtkMRMLSelectionNodeSingleton"
+# How a name was reached, for names the user gave or that follow from one (see renamePoint).
+BASIS_BY_HAND = "named by hand"
+BASIS_RENUMBERED = "renumbered from {name}"
 
 _CONFIDENCE_RE = re.compile(r"confidence\s*[=:]?\s*([0-9]*\.?[0-9]+)", re.IGNORECASE)
+# "confidence 0.93; last rib pair": what the module writes into each point's description.
+_DESCRIPTION_RE = re.compile(r"^\s*confidence\s*[=:]?\s*([0-9]*\.?[0-9]+)\s*(?:;\s*(.*))?$",
+                             re.IGNORECASE | re.DOTALL)
 _PROGRESS_RE = re.compile(r"^PROGRESS\s+([0-9]*\.?[0-9]+)\s*(.*)$")
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
+
+_IS_WINDOWS = os.name == "nt"
+# Windows process creation flags (subprocess defines them only on Windows).
+_CREATE_NO_WINDOW = 0x08000000
+_CREATE_NEW_PROCESS_GROUP = 0x00000200
 
 
 #
@@ -154,7 +176,38 @@ def registerSampleData() -> None:
         # is reused by name: keep it specific to this module.
         fileNames=f"{SAMPLE_NAME}.nii.gz",
         nodeNames="AbdomenCT",
+        # With a checksum, SampleData compares the cached copy with the file this version of the
+        # extension ships and copies it again when they differ; without one, a cached copy from an
+        # earlier version would be used forever.
+        checksums=sampleDataChecksum(sampleFile),
     )
+
+
+def sampleDataChecksum(path: str) -> str:
+    """``"SHA256:<hex digest>"`` of a file, the form SampleData's ``checksums`` take."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return f"SHA256:{digest.hexdigest()}"
+
+
+def torchStatus() -> tuple[bool, str]:
+    """``(installed, version)`` of PyTorch in this Python, without importing it.
+
+    Importing torch in Slicer's own process freezes the panel for seconds and, with a broken install
+    (e.g. Windows' ``OSError: [WinError 126] ... fbgemm.dll``), raises errors other than
+    ``ModuleNotFoundError``. The worker process imports it and reports such errors in words.
+    """
+    try:
+        if importlib.util.find_spec("torch") is None:
+            return False, ""
+    except Exception:  # a damaged install can make even the lookup fail: let the worker say why
+        return True, ""
+    try:
+        return True, importlib.metadata.version("torch")
+    except Exception:  # found on the path without package metadata (e.g. a source checkout)
+        return True, ""
 
 
 #
@@ -217,14 +270,15 @@ class LabelingJob:
         self.onLog: Optional[Callable[[str], None]] = None
         self._queue: queue.Queue = queue.Queue()
         self._killDeadline: Optional[float] = None
+        self._killed = False
         self._readerDone = threading.Event()
 
     def start(self) -> None:
         """Launch the child process and the thread that reads its output."""
         kwargs = {}
-        if os.name == "nt":
+        if _IS_WINDOWS:
             # No console window, and a process group so the whole tree can be killed.
-            kwargs["creationflags"] = 0x08000000 | subprocess.CREATE_NEW_PROCESS_GROUP  # CREATE_NO_WINDOW
+            kwargs["creationflags"] = _CREATE_NO_WINDOW | _CREATE_NEW_PROCESS_GROUP
         else:
             # PythonSlicer is a launcher that starts the real interpreter as its child: a new
             # session lets Cancel kill both with one killpg.
@@ -292,13 +346,18 @@ class LabelingJob:
         self._killDeadline = time.monotonic() + self.KILL_AFTER_S
 
     def kill(self) -> None:
-        """Kill the child and its children (the PythonSlicer launcher starts one)."""
-        if self.proc is None or self.proc.poll() is not None:
+        """Kill the child and its children (the PythonSlicer launcher starts one); once per job."""
+        if self.proc is None or self.proc.poll() is not None or self._killed:
             return
+        self._killed = True
         try:
-            if os.name == "nt":
-                subprocess.run(["taskkill", "/F", "/T", "/PID", str(self.proc.pid)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+            if _IS_WINDOWS:
+                # taskkill is a console program: without CREATE_NO_WINDOW each call flashes a console.
+                done = subprocess.run(["taskkill", "/F", "/T", "/PID", str(self.proc.pid)],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False,
+                                      creationflags=_CREATE_NO_WINDOW)
+                if done.returncode != 0:
+                    self.proc.kill()  # at least the direct child
             else:
                 import signal
 
@@ -335,6 +394,7 @@ class MarkupPoint(NamedTuple):
     label: str
     positionRas: tuple[float, float, float]  # in the node's own (untransformed) coordinates
     confidence: Optional[float]
+    basis: str = ""  # how the name was reached ("last rib pair", "network only", "named by hand"...)
 
 
 #
@@ -441,13 +501,23 @@ class VertebraeLabelingLogic(ScriptedLoadableModuleLogic):
             job.cleanup()
 
     def finishLabeling(self, job: LabelingJob, volumeNode, outputNode=None):
-        """Turn a finished job into points; returns the output node."""
+        """Turn a finished job into points; returns the output node.
+
+        The CT must still be in the scene (a run outlives a scene close or a deleted volume; its points
+        would otherwise land in a scene that has nothing to do with them). An output list deleted
+        during the run is replaced by a new one.
+        """
         if job.cancelled:
             raise RuntimeError(_("Labeling was cancelled."))
         if not job.succeeded:
             detail = job.errorMessage or "\n".join(job.logLines[-20:])
             raise RuntimeError(_("Labeling failed: {detail}").format(detail=detail))
+        if not self.isInScene(volumeNode):
+            raise RuntimeError(_("The CT was removed from the scene while it was being labeled; "
+                                 "no points were placed."))
         result = self.readResultFile(job.resultPath)
+        if outputNode is not None and not self.isInScene(outputNode):
+            outputNode = None
         if outputNode is None:
             outputNode = self.createOutputNode(volumeNode)
         self.setResult(outputNode, volumeNode, result)
@@ -455,12 +525,53 @@ class VertebraeLabelingLogic(ScriptedLoadableModuleLogic):
 
     # ---- result -> markups -----------------------------------------------------------------
 
+    def isInScene(self, node) -> bool:
+        """Whether ``node`` is (still) a node of the current scene."""
+        return node is not None and bool(self._scene().IsNodePresent(node))
+
+    @contextlib.contextmanager
+    def keepActivePlaceList(self):
+        """Leave the user's active place list (where the toolbar's "place point" adds) as it was.
+
+        Slicer's markups logic makes every markups node added to the scene the active one; without
+        this, after a run "place point" would add to whichever region list was created last.
+        """
+        selection = self._scene().GetNodeByID(SELECTION_NODE_ID)
+        if selection is None:
+            yield
+            return
+        placeClass, placeId = selection.GetActivePlaceNodeClassName(), selection.GetActivePlaceNodeID()
+        try:
+            yield
+        finally:
+            if selection.GetActivePlaceNodeClassName() != placeClass and placeClass:
+                selection.SetReferenceActivePlaceNodeClassName(placeClass)
+            if selection.GetActivePlaceNodeID() != placeId:
+                selection.SetReferenceActivePlaceNodeID(placeId)
+
     def createOutputNode(self, volumeNode=None):
         """A new, empty output point list named after the CT."""
         name = f"{volumeNode.GetName()} vertebrae" if volumeNode is not None else "Vertebrae"
-        node = self._scene().AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", self._scene().GenerateUniqueName(name))
+        with self.keepActivePlaceList():
+            node = self._scene().AddNewNodeByClass("vtkMRMLMarkupsFiducialNode",
+                                                   self._scene().GenerateUniqueName(name))
         node.CreateDefaultDisplayNodes()
         return node
+
+    @staticmethod
+    def sourceVolume(outputNode):
+        """The CT the point set was made from (None when unknown or deleted)."""
+        return outputNode.GetNodeReference(REF_SOURCE_VOLUME) if outputNode is not None else None
+
+    def regionListIDs(self) -> list[str]:
+        """IDs of all per-region point lists in the scene: they belong to an output set and are not
+        outputs themselves (the output selector hides them)."""
+        ids = []
+        for i in range(self._scene().GetNumberOfNodesByClass("vtkMRMLMarkupsFiducialNode")):
+            node = self._scene().GetNthNodeByClass(i, "vtkMRMLMarkupsFiducialNode")
+            if node.GetAttribute(ATTR_ROLE) == "region":
+                ids.append(node.GetID())
+        return ids
 
     def setResult(self, outputNode, volumeNode, result: dict) -> None:
         """Replace the points of ``outputNode`` (and its region lists) by a worker result.
@@ -472,10 +583,12 @@ class VertebraeLabelingLogic(ScriptedLoadableModuleLogic):
         entries = []
         for v in result.get("vertebrae", []):
             x, y, z = (float(c) for c in v["position"])
-            entries.append((v["name"], (-x, -y, z), float(v.get("confidence", float("nan")))))
+            entries.append((v["name"], (-x, -y, z), float(v.get("confidence", float("nan"))),
+                            str(v.get("basis") or "")))
         transformId = volumeNode.GetTransformNodeID() if volumeNode is not None else None
         if volumeNode is not None:
-            outputNode.SetAttribute(ATTR_SOURCE_VOLUME, volumeNode.GetID())
+            outputNode.SetNodeReferenceID(REF_SOURCE_VOLUME, volumeNode.GetID())
+        outputNode.RemoveAttribute(LEGACY_ATTR_SOURCE_VOLUME)
         self.writePoints(outputNode, entries, transformId=transformId)
         self.markAsUnedited(outputNode)
         for message in result.get("messages", []):
@@ -498,9 +611,10 @@ class VertebraeLabelingLogic(ScriptedLoadableModuleLogic):
                 continue
             node = outputNode.GetNodeReference(REF_REGION_PREFIX + region)
             if node is None and region in create:
-                node = self._scene().AddNewNodeByClass(
-                    "vtkMRMLMarkupsFiducialNode",
-                    self._scene().GenerateUniqueName(f"{outputNode.GetName()} {region}"))
+                with self.keepActivePlaceList():
+                    node = self._scene().AddNewNodeByClass(
+                        "vtkMRMLMarkupsFiducialNode",
+                        self._scene().GenerateUniqueName(f"{outputNode.GetName()} {region}"))
                 node.CreateDefaultDisplayNodes()
                 node.SetAttribute(ATTR_ROLE, "region")
                 node.SetAttribute(ATTR_REGION, region)
@@ -535,16 +649,17 @@ class VertebraeLabelingLogic(ScriptedLoadableModuleLogic):
             for i in range(node.GetNumberOfControlPoints()):
                 pos = [0.0, 0.0, 0.0]
                 node.GetNthControlPointPosition(i, pos)
-                pts.append(MarkupPoint(node, i, node.GetNthControlPointLabel(i), tuple(pos),
-                                       _parseConfidence(node.GetNthControlPointDescription(i))))
+                confidence, basis = parseDescription(node.GetNthControlPointDescription(i))
+                pts.append(MarkupPoint(node, i, node.GetNthControlPointLabel(i), tuple(pos), confidence, basis))
         order = corrections.order_along_spine([p.positionRas for p in pts]) if pts else []
         return [pts[i] for i in order]
 
     def writePoints(self, outputNode, entries, transformId: Optional[str] = None) -> None:
-        """Replace all points of the set by ``entries`` = [(label, ras, confidence or None)].
+        """Replace all points of the set by ``entries`` = [(label, ras, confidence or None[, basis])].
 
         Each point goes to the list of its label's region; names that are not vertebrae (e.g.
-        "?" after renumbering past S2) stay in the output node so they are never lost.
+        "?" after renumbering past S2) stay in the output node so they are never lost. The point's
+        description holds its confidence and how it was named ("confidence 0.93; last rib pair").
         """
         if not outputNode.GetAttribute(ATTR_REGION):
             counts = {r: sum(1 for e in entries if _regionOrNone(e[0]) == r) for r in REGIONS}
@@ -560,11 +675,13 @@ class VertebraeLabelingLogic(ScriptedLoadableModuleLogic):
             wasModifying[node] = node.StartModify()
             node.RemoveAllControlPoints()
             node.SetAndObserveTransformNodeID(transformId)
-        for label, ras, confidence in entries:
+        for entry in entries:
+            label, ras, confidence = entry[:3]
+            basis = entry[3] if len(entry) > 3 else ""
             region = _regionOrNone(label)
             node = nodes.get(region, outputNode) if region else outputNode
             index = node.AddControlPoint(float(ras[0]), float(ras[1]), float(ras[2]), label)
-            node.SetNthControlPointDescription(index, _formatConfidence(confidence))
+            node.SetNthControlPointDescription(index, formatDescription(confidence, basis))
             # Unlocked: the user must be able to drag every point.
             node.SetNthControlPointLocked(index, False)
         for node in self.allNodes(outputNode):
@@ -629,7 +746,17 @@ class VertebraeLabelingLogic(ScriptedLoadableModuleLogic):
                 raise ValueError(f"{newName!r} is not a vertebra name (C1..C7, T1..T12, L1..L5, S1, S2)")
             labels = [p.label for p in pts]
             labels[index] = name or corrections.UNNAMED_LABEL
-        self.writePoints(outputNode, [(lab, p.positionRas, p.confidence) for lab, p in zip(labels, pts)])
+        # A name the user gave (or that follows from one) is no longer the network's: say so.
+        bases = []
+        for i, (label, p) in enumerate(zip(labels, pts)):
+            if i == index and label != p.label:
+                bases.append(BASIS_BY_HAND)
+            elif label != p.label:
+                bases.append(BASIS_RENUMBERED.format(name=labels[index]))
+            else:
+                bases.append(p.basis)
+        self.writePoints(outputNode, [(lab, p.positionRas, p.confidence, basis)
+                                      for lab, p, basis in zip(labels, pts, bases)])
 
     # ---- export ----------------------------------------------------------------------------
 
@@ -649,27 +776,31 @@ class VertebraeLabelingLogic(ScriptedLoadableModuleLogic):
                 continue  # "?" has no place in any output format
             x, y, z = p.positionRas
             conf = p.confidence if p.confidence is not None else float("nan")
-            vertebrae.append(types.SimpleNamespace(name=p.label, position_lps=np.array([-x, -y, z]), confidence=conf))
+            vertebrae.append(types.SimpleNamespace(name=p.label, position_lps=np.array([-x, -y, z]), confidence=conf,
+                                                   basis=p.basis))
         return types.SimpleNamespace(vertebrae=vertebrae)
 
     def exportMarkupsJson(self, outputNode, path: str) -> None:
-        """All points of the set in one Slicer ``.mrk.json`` (written by Slicer's own writer)."""
+        """All points of the set in one Slicer ``.mrk.json`` (written by Slicer's own writer).
+
+        The merged list lives in a private scene: added to the user's scene, Slicer's markups logic
+        would give it a display node (left behind by RemoveNode) and make it the active place list.
+        """
+        scene = slicer.vtkMRMLScene()
         merged = slicer.vtkMRMLMarkupsFiducialNode()
         merged.SetName(outputNode.GetName())
-        self._scene().AddNode(merged)
+        scene.AddNode(merged)
+        storage = slicer.vtkMRMLMarkupsJsonStorageNode()
+        scene.AddNode(storage)
         try:
             for p in self.points(outputNode):
                 i = merged.AddControlPoint(*p.positionRas, p.label)
-                merged.SetNthControlPointDescription(i, _formatConfidence(p.confidence))
-            storage = slicer.vtkMRMLMarkupsJsonStorageNode()
-            self._scene().AddNode(storage)
+                merged.SetNthControlPointDescription(i, formatDescription(p.confidence, p.basis))
             storage.SetFileName(path)
-            ok = storage.WriteData(merged)
-            self._scene().RemoveNode(storage)
-            if not ok:
+            if not storage.WriteData(merged):
                 raise RuntimeError(f"Could not write {path}")
         finally:
-            self._scene().RemoveNode(merged)
+            scene.Clear(1)
 
     def exportVerseJson(self, outputNode, volumeNode, path: str) -> None:
         """VerSe ``_ctd.json`` via the core's writer (needs the CT for voxel coordinates)."""
@@ -710,15 +841,61 @@ def _regionOrNone(label: str) -> Optional[str]:
         return None
 
 
-def _formatConfidence(confidence: Optional[float]) -> str:
-    if confidence is None or confidence != confidence:  # None or NaN
-        return ""
-    return f"confidence {confidence:.3f}"
+def formatDescription(confidence: Optional[float], basis: str = "") -> str:
+    """A point's description: ``"confidence 0.93; last rib pair"`` (either part may be missing)."""
+    parts = []
+    if confidence is not None and confidence == confidence:  # not None, not NaN
+        parts.append(f"confidence {confidence:.2f}")
+    if basis:
+        parts.append(basis.strip())
+    return "; ".join(parts)
 
 
-def _parseConfidence(description: str) -> Optional[float]:
-    match = _CONFIDENCE_RE.search(description or "")
-    return float(match.group(1)) if match else None
+def parseDescription(description: str) -> tuple[Optional[float], str]:
+    """``(confidence or None, basis)`` from a description written by :func:`formatDescription`.
+
+    Any other text that mentions a confidence still gives it; other text without one is taken as
+    the basis (what a point says about its name).
+    """
+    text = (description or "").strip()
+    match = _DESCRIPTION_RE.match(text)
+    if match:
+        return float(match.group(1)), (match.group(2) or "").strip()
+    match = _CONFIDENCE_RE.search(text)
+    if match:
+        return float(match.group(1)), ""
+    return None, text
+
+
+def callReportingErrors(func: Callable[[], object], report: Callable[[str, str], None], message: str):
+    """Call ``func()``; on an exception call ``report(text, details)`` once and return ``(False, None)``.
+
+    Returns ``(True, value)`` otherwise. Unlike ``slicer.util.tryWithErrorDisplay``, which re-raises
+    after its message box (so the code after it never runs, and the exception then also dumps a
+    traceback to the console), the caller goes on and decides what a failure means.
+    """
+    try:
+        return True, func()
+    except Exception as e:  # reported to the user, with the traceback behind "Show details"
+        report(f"{message}\n\n{e}", traceback.format_exc())
+        return False, None
+
+
+def connectGuiReturningTag(parameterNode, gui):
+    """``parameterNode.connectGui(gui)``, returning the tag that ``disconnectGui`` needs.
+
+    In Slicer 5.6 and 5.8 ``connectGui`` returns None (fixed in later Slicer), so the usual
+    ``disconnectGui(tag)`` did nothing and every time the module was entered another set of
+    connections was stacked on the widgets. There the tag is the one key that ``connectGui`` added to
+    the wrapper's table of connected GUIs. None when it cannot be found either.
+    """
+    before = set(getattr(parameterNode, "_parameterGUIs", None) or ())
+    tag = parameterNode.connectGui(gui)
+    if tag is None:
+        added = set(getattr(parameterNode, "_parameterGUIs", None) or ()) - before
+        if len(added) == 1:
+            tag = added.pop()
+    return tag
 
 
 #
@@ -734,13 +911,15 @@ class VertebraeLabelingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         VTKObservationMixin.__init__(self)
         self.logic = None
         self._parameterNode = None
-        self._parameterNodeGuiTag = None
+        # (parameter node, tag, wrapper) of the GUI connection; see _connectGui.
+        self._guiConnection = None
         self._job: Optional[LabelingJob] = None
         self._jobOutputNode = None
         self._jobVolumeNode = None
         self._timer = None
         self._observedNodes = []
         self._tablePoints: list[MarkupPoint] = []
+        self._selectorFilterPending = False
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -756,6 +935,10 @@ class VertebraeLabelingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        # Region lists are tagged right after they are added (and come with loaded scenes): refresh the
+        # output selector's filter once the scene has settled.
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeAddedEvent, self._scheduleSelectorFilter)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self._scheduleSelectorFilter)
 
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
@@ -773,27 +956,28 @@ class VertebraeLabelingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui.cancelButton.hide()
         self.ui.torchFrame.hide()
         self.initializeParameterNode()
-        # Checking for torch imports it (seconds); do it after the panel is shown.
-        qt.QTimer.singleShot(0, self._updateTorchStatus)
+        self._updateOutputSelectorFilter()
+        self._updateTorchStatus()
 
     def cleanup(self) -> None:
-        if self._timer is not None:
-            self._timer.stop()
-        if self._job is not None:
-            self._job.kill()
-            self._job.cleanup()
+        self._abandonJob()
         self.removeObservers()
+        self._disconnectGui()
 
     def enter(self) -> None:
         self.initializeParameterNode()
+        self._updateOutputSelectorFilter()
 
     def exit(self) -> None:
         if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
+            self._disconnectGui()
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
 
     def onSceneStartClose(self, caller, event) -> None:
+        # A run must not outlive its scene: its points would land in the next one.
+        if self._job is not None:
+            self._abandonJob()
+            self._addLog(_("The scene was closed: labeling stopped."))
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -809,15 +993,30 @@ class VertebraeLabelingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
     def setParameterNode(self, inputParameterNode) -> None:
         if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._disconnectGui()
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
         self._parameterNode = inputParameterNode
         if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self._connectGui()
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
             self.ui.modelPathLineEdit.currentPath = self._parameterNode.modelPath
             self._checkCanApply()
             self._observeOutput(self._parameterNode.outputMarkups)
+
+    def _connectGui(self) -> None:
+        node = self._parameterNode.parameterNode
+        if self._guiConnection is not None and self._guiConnection[0] is node:
+            return  # still connected (a connection without a tag cannot be undone): do not stack another
+        self._guiConnection = (node, connectGuiReturningTag(self._parameterNode, self.ui), self._parameterNode)
+
+    def _disconnectGui(self) -> None:
+        if self._guiConnection is None:
+            return
+        node, tag, wrapper = self._guiConnection
+        if tag is None:
+            return  # cannot be undone; kept, so that the same node is not connected twice
+        wrapper.disconnectGui(tag)
+        self._guiConnection = None
 
     def _checkCanApply(self, caller=None, event=None) -> None:
         running = self._job is not None
@@ -830,57 +1029,104 @@ class VertebraeLabelingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         if self._parameterNode:
             self._parameterNode.modelPath = path
 
+    def _run(self, message: str, func: Callable[[], object], waitCursor: bool = True, report=None):
+        """``callReportingErrors`` with a wait cursor (lifted before any message box) and Slicer's error box."""
+        cursor = [waitCursor]
+
+        def restoreCursor():
+            if cursor[0]:
+                slicer.app.restoreOverrideCursor()
+                cursor[0] = False
+
+        def showError(text: str, details: str) -> None:
+            restoreCursor()
+            slicer.util.errorDisplay(text, windowTitle=_("Vertebrae Labeling"), parent=slicer.util.mainWindow(),
+                                     detailedText=details)
+
+        if waitCursor:
+            slicer.app.setOverrideCursor(qt.Qt.WaitCursor)
+        try:
+            return callReportingErrors(func, report or showError, message)
+        finally:
+            restoreCursor()
+
+    # ---- output selector -------------------------------------------------------------------
+
+    def _scheduleSelectorFilter(self, caller=None, event=None) -> None:
+        if not self._selectorFilterPending:
+            self._selectorFilterPending = True
+            qt.QTimer.singleShot(0, self._updateOutputSelectorFilter)
+
+    def _updateOutputSelectorFilter(self) -> None:
+        """Hide the per-region lists from the output selector: picking one would start a second,
+        overlapping set of lists."""
+        self._selectorFilterPending = False
+        if self.logic is None:
+            return
+        self.ui.outputMarkupsSelector.sortFilterProxyModel().hiddenNodeIDs = self.logic.regionListIDs()
+
     # ---- PyTorch ---------------------------------------------------------------------------
 
     def _torchLogic(self):
         try:
             import PyTorchUtils
-        except ModuleNotFoundError:
+
+            return PyTorchUtils.PyTorchUtilsLogic()
+        except Exception:  # not installed, or failing to load: the banner says what to do
             return None
-        return PyTorchUtils.PyTorchUtilsLogic()
 
     def _updateTorchStatus(self) -> bool:
-        """Show the PyTorch banner when torch is missing; return whether it is installed."""
-        torchLogic = self._torchLogic()
-        if torchLogic is None:
+        """Show the PyTorch banner when torch is missing; return whether it is installed.
+
+        Checked without importing torch (see torchStatus): a torch that is present but cannot be
+        loaded is reported by the worker, in words, when Apply runs it.
+        """
+        installed, _version = torchStatus()
+        if installed:
+            self.ui.torchFrame.hide()
+            return True
+        if self._torchLogic() is None:
             self.ui.torchStatusLabel.text = _(
                 "This module needs the PyTorch extension. Install 'PyTorch' from the Extensions "
                 "Manager and restart Slicer.")
             self.ui.installTorchButton.enabled = False
-            self.ui.torchFrame.show()
-            return False
-        if not torchLogic.torchInstalled():
+        else:
             self.ui.torchStatusLabel.text = _(
                 "PyTorch is not installed. Click 'Install PyTorch' (a download of several hundred "
                 "MB; a CUDA build is chosen when an NVIDIA GPU is found).")
             self.ui.installTorchButton.enabled = True
-            self.ui.torchFrame.show()
-            return False
-        self.ui.torchFrame.hide()
-        return True
+        self.ui.torchFrame.show()
+        return False
 
     def onInstallTorch(self) -> None:
         torchLogic = self._torchLogic()
         if torchLogic is None:
             return
-        with slicer.util.tryWithErrorDisplay(_("Failed to install PyTorch."), waitCursor=True):
-            torch = torchLogic.installTorch(askConfirmation=True)
-            if torch is None:
-                slicer.util.warningDisplay(_("PyTorch was not installed."))
+        # Asked here (not by installTorch) so that the question has the main window as its parent and
+        # no wait cursor hovers over it.
+        if not slicer.util.confirmOkCancelDisplay(
+                _("PyTorch will be downloaded and installed. This can take several minutes."),
+                windowTitle=_("Vertebrae Labeling"), parent=slicer.util.mainWindow()):
+            return
+        ok, torch = self._run(_("Failed to install PyTorch."), lambda: torchLogic.installTorch(askConfirmation=False))
+        if ok and torch is None:
+            slicer.util.warningDisplay(_("PyTorch was not installed."), parent=slicer.util.mainWindow())
         self._updateTorchStatus()
 
     # ---- run -------------------------------------------------------------------------------
 
     def onApplyButton(self) -> None:
-        if self._job is not None or not self._updateTorchStatus():
+        if self._job is not None or self._parameterNode is None or not self._updateTorchStatus():
             return
         p = self._parameterNode
         volumeNode = p.inputVolume
         outputNode = p.outputMarkups
         if outputNode is not None and self.logic.isEdited(outputNode):
-            box = qt.QMessageBox(qt.QMessageBox.Question, _("Vertebrae Labeling"),
-                                 _("'{name}' has been edited. Replace its points with the new result?").format(
-                                     name=outputNode.GetName()))
+            box = qt.QMessageBox(slicer.util.mainWindow())  # parented: in front of the main window on macOS
+            box.setIcon(qt.QMessageBox.Question)
+            box.setWindowTitle(_("Vertebrae Labeling"))
+            box.setText(_("'{name}' has been edited. Replace its points with the new result?").format(
+                name=outputNode.GetName()))
             replace = box.addButton(_("Replace"), qt.QMessageBox.DestructiveRole)
             newList = box.addButton(_("Create new point list"), qt.QMessageBox.AcceptRole)
             box.addButton(qt.QMessageBox.Cancel)
@@ -892,11 +1138,12 @@ class VertebraeLabelingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             elif clicked != replace:
                 return
         self.ui.logTextEdit.clear()
-        with slicer.util.tryWithErrorDisplay(_("Failed to start labeling."), waitCursor=True):
-            stride = p.blockStride if p.blockStride != DEFAULT_STRIDE else 0
-            self._job = self.logic.startLabeling(volumeNode, p.device, p.modelPath, stride, mirror=p.mirrorBlocks)
-        if self._job is None:
+        stride = p.blockStride if p.blockStride != DEFAULT_STRIDE else 0
+        ok, job = self._run(_("Failed to start labeling."), lambda: self.logic.startLabeling(
+            volumeNode, p.device, p.modelPath, stride, mirror=p.mirrorBlocks))
+        if not ok:
             return
+        self._job = job
         self._jobVolumeNode, self._jobOutputNode = volumeNode, outputNode
         self._job.onProgress = self._onProgress
         self._job.onLog = self._addLog
@@ -914,6 +1161,22 @@ class VertebraeLabelingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self.ui.cancelButton.enabled = False
             self._job.cancel()
 
+    def _abandonJob(self) -> None:
+        """Stop the running job at once and forget it (scene closed, module cleaned up)."""
+        if self._timer is not None:
+            self._timer.stop()
+        job, self._job = self._job, None
+        self._jobVolumeNode = self._jobOutputNode = None
+        if job is None:
+            return
+        job.onProgress = job.onLog = None
+        job.kill()
+        job.cleanup()
+        if hasattr(self, "ui"):
+            self.ui.progressBar.hide()
+            self.ui.cancelButton.hide()
+            self._checkCanApply()
+
     def _onProgress(self, fraction: float, message: str) -> None:
         self.ui.progressBar.value = int(round(100 * fraction))
         self.ui.progressBar.setFormat(f"%p% {message}")
@@ -926,23 +1189,33 @@ class VertebraeLabelingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         if job is None or job.poll():
             return
         self._timer.stop()
-        self._job = None
+        volumeNode, outputNode = self._jobVolumeNode, self._jobOutputNode
+        self._job = self._jobVolumeNode = self._jobOutputNode = None
         self.ui.progressBar.hide()
         self.ui.cancelButton.hide()
         try:
             if job.cancelled:
                 self._addLog(_("Cancelled."))
                 return
-            with slicer.util.tryWithErrorDisplay(_("Labeling failed."), waitCursor=True):
+
+            def finish():
                 result = self.logic.readResultFile(job.resultPath) if job.succeeded else None
-                outputNode = self.logic.finishLabeling(job, self._jobVolumeNode, self._jobOutputNode)
+                return result, self.logic.finishLabeling(job, volumeNode, outputNode)
+
+            ok, finished = self._run(_("Labeling failed."), finish)
+            if not ok:
+                return
+            result, outputNode = finished
+            if self._parameterNode is not None:
                 self._parameterNode.outputMarkups = outputNode
-                self._observeOutput(outputNode)
-                n = len(self.logic.points(outputNode))
-                self._addLog(_("Placed {n} points.").format(n=n))
-                messages = (result or {}).get("messages", [])
-                if messages:
-                    slicer.util.warningDisplay("\n".join(messages), windowTitle=_("Vertebrae Labeling"))
+            self._observeOutput(outputNode)
+            self._updateOutputSelectorFilter()
+            n = len(self.logic.points(outputNode))
+            self._addLog(_("Placed {n} points.").format(n=n))
+            messages = (result or {}).get("messages", [])
+            if messages:
+                slicer.util.warningDisplay("\n".join(messages), windowTitle=_("Vertebrae Labeling"),
+                                           parent=slicer.util.mainWindow())
         finally:
             job.cleanup()
             self._checkCanApply()
@@ -978,7 +1251,7 @@ class VertebraeLabelingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         for row, p in enumerate(self._tablePoints):
             region = _regionOrNone(p.label)
             conf = "" if p.confidence is None else f"{p.confidence:.2f}"
-            for col, text in enumerate((p.label, region or "-", conf)):
+            for col, text in enumerate((p.label, region or "-", conf, p.basis)):
                 item = qt.QTableWidgetItem(text)
                 item.setFlags(qt.Qt.ItemIsSelectable | qt.Qt.ItemIsEnabled)
                 if col == 0 and region in REGION_COLORS:
@@ -989,6 +1262,8 @@ class VertebraeLabelingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
                 if col == 0 and p.label in duplicates:
                     item.setToolTip(_("This name is used twice: rename one and renumber."))
                     item.setForeground(qt.QBrush(qt.QColor(200, 0, 0)))
+                if col == 3 and p.basis:
+                    item.setToolTip(p.basis)  # the column is narrow; the full text on hover
                 table.setItem(row, col, item)
         hasPoints = bool(self._tablePoints)
         for button in (self.ui.renameButton, self.ui.renumberButton, self.ui.exportMrkButton,
@@ -1004,16 +1279,17 @@ class VertebraeLabelingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
     def onRename(self, renumber: bool) -> None:
         row = self.ui.resultsTable.currentRow()
-        if not 0 <= row < len(self._tablePoints):
-            slicer.util.warningDisplay(_("Select a point in the table first."))
+        if not 0 <= row < len(self._tablePoints) or self._parameterNode is None:
+            slicer.util.warningDisplay(_("Select a point in the table first."), parent=slicer.util.mainWindow())
             return
-        with slicer.util.tryWithErrorDisplay(_("Could not rename the point."), waitCursor=True):
-            outputNode = self._parameterNode.outputMarkups
-            self.logic.renamePoint(outputNode, self._tablePoints[row], self.ui.newNameLineEdit.text, renumber)
-            self._observeOutput(outputNode)
+        outputNode = self._parameterNode.outputMarkups
+        self._run(_("Could not rename the point."), lambda: self.logic.renamePoint(
+            outputNode, self._tablePoints[row], self.ui.newNameLineEdit.text, renumber))
+        self._observeOutput(outputNode)
+        self._updateOutputSelectorFilter()
 
     def onExport(self, kind: str) -> None:
-        outputNode = self._parameterNode.outputMarkups
+        outputNode = self._parameterNode.outputMarkups if self._parameterNode else None
         if outputNode is None:
             return
         suffix = {"mrk": ".mrk.json", "verse": "_ctd.json", "csv": ".csv"}[kind]
@@ -1022,15 +1298,18 @@ class VertebraeLabelingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
                                               outputNode.GetName() + suffix, filters[kind])
         if not path:
             return
-        with slicer.util.tryWithErrorDisplay(_("Export failed."), waitCursor=True):
+
+        def export():
             if kind == "mrk":
                 self.logic.exportMarkupsJson(outputNode, path)
             elif kind == "verse":
-                volumeNode = slicer.mrmlScene.GetNodeByID(outputNode.GetAttribute(ATTR_SOURCE_VOLUME) or "")
-                volumeNode = volumeNode or self._parameterNode.inputVolume
+                volumeNode = self.logic.sourceVolume(outputNode) or self._parameterNode.inputVolume
                 self.logic.exportVerseJson(outputNode, volumeNode, path)
             else:
                 self.logic.exportCsv(outputNode, path)
+
+        ok, _unused = self._run(_("Export failed."), export)
+        if ok:
             self._addLog(_("Exported {path}").format(path=path))
 
 
@@ -1050,7 +1329,7 @@ class VertebraeLabelingTest(ScriptedLoadableModuleTest):
         # skipTest() would surface as a failure; report the skip instead.
         import unittest
 
-        for test in (self.test_SampleDataAndMarkups, self.test_Labeling):
+        for test in (self.test_SampleDataAndMarkups, self.test_Panel, self.test_Labeling):
             self.setUp()
             try:
                 test()
@@ -1065,38 +1344,98 @@ class VertebraeLabelingTest(ScriptedLoadableModuleTest):
         self.assertIsNotNone(volumeNode)
         return volumeNode
 
+    @staticmethod
+    def _result():
+        return {"format": "vertebrae-labeling-slicer-result", "version": 1, "coordinateSystem": "LPS",
+                "vertebrae": [{"name": n, "position": [0.0, -100.0, z], "confidence": 0.9, "basis": b}
+                              for n, z, b in (("T12", 300.0, "last rib pair"), ("L1", 270.0, "last rib pair"),
+                                              ("L2", 240.0, ""))]}
+
     def test_SampleDataAndMarkups(self):
         """Result -> region point lists -> renumber -> edit detection -> export, without the network."""
         self.delayDisplay("Loading the sample CT")
         volumeNode = self._loadSample()
         logic = VertebraeLabelingLogic()
-        result = {"format": "vertebrae-labeling-slicer-result", "version": 1, "coordinateSystem": "LPS",
-                  "vertebrae": [{"name": n, "position": [0.0, -100.0, z], "confidence": 0.9}
-                                for n, z in (("T12", 300.0), ("L1", 270.0), ("L2", 240.0))]}
+        userList = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "my points")
+        selection = slicer.app.applicationLogic().GetSelectionNode()
+        selection.SetReferenceActivePlaceNodeID(userList.GetID())
         out = logic.createOutputNode(volumeNode)
-        logic.setResult(out, volumeNode, result)
+        logic.setResult(out, volumeNode, self._result())
         pts = logic.points(out)
         self.assertEqual([p.label for p in pts], ["T12", "L1", "L2"])
+        self.assertEqual([p.basis for p in pts], ["last rib pair", "last rib pair", ""])
         self.assertAlmostEqual(pts[0].positionRas[1], 100.0)  # LPS y -100 -> RAS y +100
+        self.assertEqual(selection.GetActivePlaceNodeID(), userList.GetID())  # "place point" still adds to mine
+        self.assertIs(logic.sourceVolume(out), volumeNode)
         self.assertFalse(logic.isEdited(out))
         logic.renamePoint(out, pts[0], "L1", renumber=True)
         self.assertEqual([p.label for p in logic.points(out)], ["L1", "L2", "L3"])
+        self.assertEqual(logic.points(out)[0].basis, BASIS_BY_HAND)
         self.assertTrue(logic.isEdited(out))
+        nodesAfterRun = slicer.mrmlScene.GetNumberOfNodes()
         path = os.path.join(slicer.app.temporaryPath, "VertebraeLabelingTest.mrk.json")
         logic.exportMarkupsJson(out, path)
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), nodesAfterRun)  # the export left nothing behind
+        self.assertEqual(selection.GetActivePlaceNodeID(), userList.GetID())
         loaded = slicer.util.loadMarkups(path)
         self.assertEqual(loaded.GetNumberOfControlPoints(), 3)
         self.delayDisplay("Markups test passed")
 
+    def test_Panel(self):
+        """The panel: results table with "How named", output selector without region lists, entering the
+        module twice, an error that does not escape, and a run stopped by closing the scene."""
+        volumeNode = self._loadSample()
+        slicer.util.selectModule("VertebraeLabeling")
+        widget = slicer.modules.VertebraeLabelingWidget
+        logic = widget.logic
+        out = logic.createOutputNode(volumeNode)
+        logic.setResult(out, volumeNode, self._result())
+        widget._parameterNode.outputMarkups = out
+        table = widget.ui.resultsTable
+        self.assertEqual(table.rowCount, 3)
+        self.assertEqual(table.horizontalHeaderItem(3).text(), "How named")
+        self.assertEqual(table.item(0, 3).text(), "last rib pair")
+        self.assertEqual(table.item(0, 3).toolTip(), "last rib pair")
+        self.assertEqual(table.item(2, 3).text(), "")
+
+        widget._updateOutputSelectorFilter()
+        hidden = list(widget.ui.outputMarkupsSelector.sortFilterProxyModel().hiddenNodeIDs)
+        self.assertEqual(sorted(hidden), sorted(logic.regionListIDs()))
+        self.assertNotIn(out.GetID(), hidden)
+
+        for _i in range(2):  # leave and come back: still one GUI connection
+            slicer.util.selectModule("Data")
+            slicer.util.selectModule("VertebraeLabeling")
+        wrapper = widget._guiConnection[2] if widget._guiConnection else None
+        if wrapper is not None and hasattr(wrapper, "_parameterGUIs"):
+            self.assertEqual(len(wrapper._parameterGUIs), 1)
+
+        reports = []
+        ok, value = widget._run("Could not do it.", lambda: 1 / 0, report=lambda text, details: reports.append(text))
+        self.assertEqual((ok, value), (False, None))
+        self.assertEqual(len(reports), 1)
+        self.assertIn("division by zero", reports[0])
+
+        # A run that is still going when the scene closes is stopped, and writes nothing afterwards.
+        script = os.path.join(slicer.app.temporaryPath, "VertebraeLabelingTestStuckWorker.py")
+        with open(script, "w") as f:
+            f.write("import time\nprint('PROGRESS 0.1 working', flush=True)\ntime.sleep(600)\n")
+        job = logic.startLabeling(volumeNode, command=[logic.pythonExecutable, script])
+        widget._job, widget._jobVolumeNode, widget._jobOutputNode = job, volumeNode, None
+        widget._timer.start()
+        slicer.mrmlScene.Clear()
+        self.assertIsNone(widget._job)
+        t0 = time.monotonic()
+        while job.poll() and time.monotonic() - t0 < 10:
+            time.sleep(0.1)
+        self.assertIsNotNone(job.proc.poll())
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLMarkupsFiducialNode"), 0)
+        self.delayDisplay("Panel test passed")
+
     def test_Labeling(self):
         """The full run through the worker process (needs PyTorch)."""
-        try:
-            import PyTorchUtils
-
-            if not PyTorchUtils.PyTorchUtilsLogic().torchInstalled():
-                self.skipTest("PyTorch is not installed")
-        except ModuleNotFoundError:
-            self.skipTest("the PyTorch extension is not installed")
+        if not torchStatus()[0]:
+            self.skipTest("PyTorch is not installed")
         volumeNode = self._loadSample()
         logic = VertebraeLabelingLogic()
         self.delayDisplay("Labeling the sample CT (a minute on a CPU)")

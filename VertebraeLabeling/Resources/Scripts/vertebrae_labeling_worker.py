@@ -10,7 +10,8 @@ Protocol with the panel (kept deliberately tiny and line based):
 - an ``ERROR <message>`` line carries a message written for the user (bad image, bad model).
 - the run stops cooperatively when the ``--cancel-file`` appears (the panel also kills the
   process tree if that does not happen quickly).
-- exit code 0: result written; 2: user-fixable error; 3: cancelled; anything else: a bug.
+- exit code 0: result written; 2: user-fixable error (including a PyTorch that cannot be loaded);
+  3: cancelled; anything else: a bug.
 - the result file is written atomically (temporary file + rename), so a half-written file is
   never read.
 """
@@ -62,8 +63,21 @@ def main(argv=None):
     def cancel():
         return bool(args.cancel_file) and os.path.exists(args.cancel_file)
 
+    progress(0.0, "loading PyTorch and the model")
     try:
-        progress(0.0, "loading PyTorch and the model")
+        # First, on its own: the panel only checks that torch is installed (importing it inside
+        # Slicer would freeze the panel, and a broken install can raise anything, e.g. an OSError
+        # for a DLL on Windows); this is where such a failure is put into words.
+        import torch  # noqa: F401
+    except Exception as e:
+        if isinstance(e, ModuleNotFoundError) and e.name == "torch":
+            print("ERROR PyTorch is not installed. Install it with the PyTorch Utils module "
+                  "(PyTorch extension).", flush=True)
+        else:
+            print(f"ERROR PyTorch is installed but could not be loaded ({type(e).__name__}: {e}). Reinstall it "
+                  "with the PyTorch Utils module (Uninstall, restart Slicer, Install).", flush=True)
+        return EXIT_USER_ERROR
+    try:
         # Imported here, not at the top: torch takes seconds to import and the panel should
         # already show that something is happening.
         from VertebraeLabelingLib.image_io import read_image
@@ -91,7 +105,9 @@ def main(argv=None):
         "version": RESULT_VERSION,
         "coordinateSystem": "LPS",
         "vertebrae": [
-            {"name": v.name, "position": [float(c) for c in v.position_lps], "confidence": float(v.confidence)}
+            {"name": v.name, "position": [float(c) for c in v.position_lps], "confidence": float(v.confidence),
+             # how the name was reached ("last rib pair", "network only", ...); shown by the panel
+             "basis": str(getattr(v, "basis", "") or "")}
             for v in result.vertebrae
         ],
         "messages": list(result.messages),
