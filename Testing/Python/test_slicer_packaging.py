@@ -72,6 +72,8 @@ def test_module_cmake_builds_and_tests_the_module():
     assert "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in text
     # Files the module reads at run time that live outside its folder must be installed.
     assert "Testing/Data/ts_example_ct.nii.gz" in text and "Resources/Models" in text
+    # ... and the sample CT's notice and licence go with it.
+    assert "../NOTICE" in text and "../LICENSE" in text
     assert (ROOT / "Testing" / "Data" / "ts_example_ct.nii.gz").is_file()
     assert (MODULE / "Testing" / "CMakeLists.txt").is_file()
 
@@ -141,3 +143,106 @@ def test_ui_starts_at_the_shared_defaults():
     assert values["confidenceThreshold"] == pytest.approx(LOW_CONFIDENCE)
     if "blockStride" in values:
         assert values["blockStride"] == DEFAULT_STRIDE
+
+
+# ---------------------------------------------------------------------------------------------
+# The Extensions Index's checks (scripts/check_description_files.py in Slicer/ExtensionsIndex),
+# applied offline to our files: what a submission of VertebraeLabeling.json would be refused for.
+# ---------------------------------------------------------------------------------------------
+
+# Some of the Index's ACCEPTED_EXTENSION_CATEGORIES (the whole list is in its script): the ones that could
+# describe this extension. A category outside them fails here even where the Index would take it.
+INDEX_CATEGORIES = {"Analysis", "Informatics", "Quantification", "Segmentation", "Utilities"}
+# The names the Index's check_license_file looks for at the repository root.
+INDEX_LICENSE_NAMES = ("LICENSE", "LICENCE", "License.txt", "license.txt", "LICENSE.txt", "COPYING", "COPYING.txt")
+# The Index clones the whole repository and refuses one over 100 MB; our working tree's tracked files must
+# leave room for the history (see the size test).
+TRACKED_FILES_LIMIT_MB = 80.0
+
+
+def _catalog() -> dict:
+    return json.loads((ROOT / "VertebraeLabeling.json").read_text())
+
+
+def _cmake_url_list(var: str) -> list:
+    """A URL variable of the top-level CMakeLists.txt, parsed the way the Index's script parses it
+    (one double-quoted string right after the name)."""
+    text = (ROOT / "CMakeLists.txt").read_text()
+    match = re.search(r"set\s*\(" + var + r'\s*"([^"]+)"\s*\)', text)
+    assert match, f"{var} is not set to one quoted string (the Index's parser would not find it)"
+    return match.group(1).split()
+
+
+def _github_repo() -> tuple:
+    """(owner, name) of the catalog's scm_url."""
+    match = re.fullmatch(r"https://github\.com/([^/]+)/([^/]+?)(?:\.git)?", _catalog()["scm_url"])
+    assert match, "scm_url is not a https://github.com/OWNER/NAME(.git) URL"
+    return match.group(1), match.group(2)
+
+
+def _tracked_files():
+    import shutil
+    import subprocess
+
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    out = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+    return [name for name in out.decode("utf-8").split("\0") if name]
+
+
+def test_catalog_category_is_one_the_extensions_index_accepts():
+    assert _catalog()["category"] in INDEX_CATEGORIES
+    assert _cmake_set((ROOT / "CMakeLists.txt").read_text(), "EXTENSION_CATEGORY").strip('"') in INDEX_CATEGORIES
+
+
+def test_licence_at_the_root_and_the_sample_cts_notice():
+    present = [name for name in INDEX_LICENSE_NAMES if (ROOT / name).is_file()]
+    assert present, "no licence file at the repository root"
+    licence = (ROOT / present[0]).read_text()
+    assert "Apache License" in licence and "Version 2.0" in licence
+    assert re.search(r'license\s*=\s*\{\s*text\s*=\s*"Apache-2.0"', (ROOT / "pyproject.toml").read_text())
+    # The bundled sample CT is TotalSegmentator's (Apache-2.0): its notice travels with it.
+    notice = (ROOT / "NOTICE").read_text()
+    assert "ts_example_ct.nii.gz" in notice and "TotalSegmentator" in notice and "Apache License" in notice
+    assert (ROOT / "Testing" / "Data" / "ts_example_ct.nii.gz").is_file()
+
+
+def test_project_name_and_repository_name_as_the_index_wants():
+    project = re.search(r"project\s*\(\s*([^\s)]+)", (ROOT / "CMakeLists.txt").read_text(), re.IGNORECASE)
+    assert project and project.group(1) == "VertebraeLabeling" == Path("VertebraeLabeling.json").stem
+    assert "slicer" in _github_repo()[1].lower()
+    assert _catalog()["scm_url"].startswith("https://")
+
+
+def test_every_url_of_the_catalog_entry_and_cmake_maps_to_a_file_here():
+    """Icon, screenshots and homepage point into this repository, at the catalog's revision, to files
+    that are committed (a file that exists only here would be a broken link for the Index)."""
+    owner, name = _github_repo()
+    revision = _catalog()["scm_revision"]
+    tracked = set(_tracked_files())
+    raw = f"https://raw.githubusercontent.com/{owner}/{name}/{revision}/"
+    images = _cmake_url_list("EXTENSION_ICONURL") + _cmake_url_list("EXTENSION_SCREENSHOTURLS")
+    assert len(images) >= 2, "an icon and at least one screenshot"
+    for url in images:
+        assert url.startswith(raw), f"{url} is not a file of {owner}/{name} at {revision}"
+        path = url[len(raw):]
+        assert path in tracked, f"{url}: {path} is not a committed file"
+        data = (ROOT / path).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+        assert len(data) < 1_000_000, f"{path} is {len(data) / 1e6:.1f} MB"
+    homepage = _cmake_url_list("EXTENSION_HOMEPAGE")
+    assert len(homepage) == 1
+    match = re.fullmatch(rf"https://github\.com/{owner}/{name}(?:#readme|/blob/{revision}/(.+))", homepage[0])
+    assert match, f"EXTENSION_HOMEPAGE {homepage[0]} is not this repository's page"
+    assert (match.group(1) or "README.md") in tracked
+
+
+def test_repository_size_leaves_room_under_the_index_limit():
+    """The committed files of today's tree, against 80 MB (the Index refuses a clone over 100 MB, history
+    included). Run with -s to see the size."""
+    sizes = {name: (ROOT / name).stat().st_size for name in _tracked_files() if (ROOT / name).is_file()}
+    total_mb = sum(sizes.values()) / 1e6
+    largest = sorted(sizes.items(), key=lambda item: -item[1])[:3]
+    print(f"tracked files: {total_mb:.1f} MB; largest: "
+          + ", ".join(f"{name} {size / 1e6:.1f} MB" for name, size in largest))
+    assert total_mb < TRACKED_FILES_LIMIT_MB
