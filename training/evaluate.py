@@ -97,8 +97,12 @@ def synthetic_cases(n: int, seed0: int, variant: Optional[str] = None) -> Iterat
         holder.clear()  # the volume is no longer needed once the case is evaluated
 
 
-def core_labeler(model_path: Optional[str] = None, device: str = "auto") -> Tuple[Labeler, Dict[str, object]]:
-    """A labeler running the core's ``label_ct`` with weights loaded once; returns (labeler, manifest)."""
+def core_labeler(model_path: Optional[str] = None, device: str = "auto",
+                 anchors: bool = True) -> Tuple[Labeler, Dict[str, object]]:
+    """A labeler running the core's ``label_ct`` with weights loaded once; returns (labeler, manifest).
+
+    ``anchors=False`` names the levels by the network alone (no counting from ribs, sacrum, C2).
+    """
     from VertebraeLabeling.VertebraeLabelingLib import inference, model_io
 
     dev = inference.resolve_device(device)
@@ -107,7 +111,7 @@ def core_labeler(model_path: Optional[str] = None, device: str = "auto") -> Tupl
         print("WARNING: the model is the untrained placeholder; the numbers mean nothing.", file=sys.stderr)
 
     def label(image: object) -> Tuple[Dict[str, np.ndarray], Dict[str, float]]:
-        result = inference.label_ct(image, model=model, device=str(dev))
+        result = inference.label_ct(image, model=model, device=str(dev), anchors=anchors)
         return ({v.name: np.asarray(v.position_lps, dtype=float) for v in result.vertebrae},
                 dict(getattr(result, "probabilities", {}) or {}))
 
@@ -216,6 +220,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--limit", type=int, default=0, help="evaluate at most this many real cases")
     parser.add_argument("--method", default="Ours", help="row name in the table")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-anchors", action="store_true",
+                        help="name the levels by the network alone, without counting from ribs, sacrum and C2")
     args = parser.parse_args(argv)
     if not args.data and args.synthetic <= 0:
         parser.error("give --data SPEC and/or --synthetic N")
@@ -238,7 +244,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.synthetic > 0:
             yield from synthetic_cases(args.synthetic, args.seed0, args.synthetic_variant)
 
-    labeler, manifest = core_labeler(args.model, args.device)
+    labeler, manifest = core_labeler(args.model, args.device, anchors=not args.no_anchors)
     run = evaluate(all_cases(), labeler, whole_only=args.whole_only,
                    total=len(real) + max(args.synthetic, 0), progress=not args.no_progress)
     extra = {"data": args.data, "synthetic": args.synthetic, "seed0": args.seed0 if args.synthetic else None,

@@ -14,7 +14,7 @@ import time
 from typing import Optional
 
 from . import __version__
-from .defaults import DEFAULT_MIN_PROBABILITY, DEFAULT_MIRROR, DEFAULT_STRIDE
+from .defaults import DEFAULT_ANCHORS, DEFAULT_MIN_PROBABILITY, DEFAULT_MIRROR, DEFAULT_STRIDE
 from .errors import CancelledError, VertebraeLabelingError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
@@ -76,10 +76,12 @@ class ProgressBar:
 
 def summary_table(result) -> str:
     """The result as an aligned text table."""
-    rows = [f"{'vertebra':<9}{'region':<10}{'x (LPS mm)':>11}{'y (LPS mm)':>11}{'z (LPS mm)':>11}{'confidence':>12}"]
+    rows = [f"{'vertebra':<9}{'region':<10}{'x (LPS mm)':>11}{'y (LPS mm)':>11}{'z (LPS mm)':>11}{'confidence':>12}"
+            "  how named"]
     for v in result.vertebrae:
         x, y, z = (float(c) for c in v.position_lps)
-        rows.append(f"{v.name:<9}{v.region:<10}{x:>11.1f}{y:>11.1f}{z:>11.1f}{v.confidence:>12.2f}")
+        rows.append(f"{v.name:<9}{v.region:<10}{x:>11.1f}{y:>11.1f}{z:>11.1f}{v.confidence:>12.2f}"
+                    f"  {getattr(v, 'basis', '')}".rstrip())
     if not result.vertebrae:
         rows.append("(no vertebra labeled)")
     return "\n".join(rows)
@@ -104,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-mirror", dest="mirror", action="store_false", default=DEFAULT_MIRROR,
                         help="skip the left-right mirrored second look at each block (half the network time, "
                              "a little less accurate)")
+    parser.add_argument("--no-anchors", dest="anchors", action="store_false", default=DEFAULT_ANCHORS,
+                        help="name the levels by the network alone instead of counting the vertebrae from the "
+                             "ribs, the sacrum and C2 (for comparison)")
     parser.add_argument("--exhaustive", action="store_true",
                         help="tile the whole volume instead of following the spine (slower)")
     parser.add_argument("--overwrite", action="store_true",
@@ -145,7 +150,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         image = read_image(args.ct_path)
         model, manifest = load_model(args.model, device="cpu")
         result = label_ct(image, model=model, device=args.device, progress=progress, stride=args.stride,
-                          min_probability=args.min_probability, exhaustive=args.exhaustive, mirror=args.mirror)
+                          min_probability=args.min_probability, exhaustive=args.exhaustive, mirror=args.mirror,
+                          anchors=args.anchors)
         write_result(result, output, args.format, reference_image=image)
         if args.overview:
             from .overview import render_overview
@@ -163,6 +169,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     if not args.quiet:
         print(summary_table(result))
         print(f"model: {manifest.get('description') or os.path.basename(args.model or 'bundled')}")
+        if result.anchors:
+            print("anchors: " + "; ".join(result.anchors))
         for message in result.messages:
             print(f"note: {message}")
         timing = ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items())

@@ -61,7 +61,7 @@ def write_text_atomic(path: str, text: str) -> None:
 def markups_dict(result: Any, node_name: str = "Vertebrae", coordinate_system: str = "LPS") -> dict[str, Any]:
     """A Slicer markups document with one Fiducial node, one control point per vertebra.
 
-    Label = vertebra name, description = its confidence, points unlocked so the user can fix them.
+    Label = vertebra name, description = its confidence and how the name was reached, points unlocked so the user can fix them.
     """
     if coordinate_system not in ("LPS", "RAS"):
         raise ValueError("coordinate_system must be 'LPS' or 'RAS'")
@@ -73,7 +73,7 @@ def markups_dict(result: Any, node_name: str = "Vertebrae", coordinate_system: s
         points.append({
             "id": str(n + 1),
             "label": vert.name,
-            "description": f"confidence {vert.confidence:.2f}; {region_of(vert.name)}",
+            "description": f"confidence {vert.confidence:.2f}; {getattr(vert, 'basis', '') or region_of(vert.name)}",
             "associatedNodeID": "",
             "position": [round(float(v), 3) for v in pos],
             "orientation": [-1.0, -0.0, -0.0, -0.0, -1.0, -0.0, 0.0, 0.0, 1.0],
@@ -143,16 +143,17 @@ def write_verse_json(result: Any, path: str, reference_image: sitk.Image) -> Non
 def csv_text(result: Any) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["name", "region", "x_lps_mm", "y_lps_mm", "z_lps_mm", "x_ras_mm", "y_ras_mm", "confidence"])
+    writer.writerow(["name", "region", "x_lps_mm", "y_lps_mm", "z_lps_mm", "x_ras_mm", "y_ras_mm", "confidence",
+                     "how_named"])
     for vert in result.vertebrae:
         x, y, z = (float(v) for v in vert.position_lps)
         writer.writerow([vert.name, region_of(vert.name), f"{x:.2f}", f"{y:.2f}", f"{z:.2f}", f"{-x:.2f}",
-                         f"{-y:.2f}", f"{vert.confidence:.3f}"])
+                         f"{-y:.2f}", f"{vert.confidence:.3f}", getattr(vert, "basis", "")])
     return buf.getvalue()
 
 
 def write_csv(result: Any, path: str) -> None:
-    """Write one row per vertebra: name, region, LPS and RAS coordinates (mm), confidence."""
+    """Write one row per vertebra: name, region, LPS and RAS coordinates (mm), confidence, how it was named."""
     write_text_atomic(path, csv_text(result))
 
 
