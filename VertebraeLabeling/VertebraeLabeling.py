@@ -1386,7 +1386,7 @@ class VertebraeLabelingTest(ScriptedLoadableModuleTest):
         module twice, an error that does not escape, and a run stopped by closing the scene."""
         volumeNode = self._loadSample()
         slicer.util.selectModule("VertebraeLabeling")
-        widget = slicer.modules.VertebraeLabelingWidget
+        widget = slicer.modules.vertebraelabeling.widgetRepresentation().self()
         logic = widget.logic
         out = logic.createOutputNode(volumeNode)
         logic.setResult(out, volumeNode, self._result())
