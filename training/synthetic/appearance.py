@@ -54,8 +54,12 @@ def tissue_table(rng: np.random.Generator, mode: str, blood_hu: Optional[float] 
 
 def render(cv: Canvas, rng: np.random.Generator, mode: str, bone_hu: dict[int, float],
            cortical_hu: float, noise_sd: float, psf_mm: tuple[float, float, float],
-           blood_hu: Optional[float] = None) -> np.ndarray:
-    """Render the canvas into a float32 HU volume (array order z, y, x)."""
+           blood_hu: Optional[float] = None, overlay=None) -> np.ndarray:
+    """Render the canvas into a float32 HU volume (array order z, y, x).
+
+    ``overlay`` (a :class:`variants.BoneOverlay`) adds bone that is not on the canvas; its texture comes
+    from its own random stream, so ``rng`` draws exactly what it draws without it.
+    """
     mean, tex = tissue_table(rng, mode, blood_hu)
     # cancellous HU per bone id (each vertebra slightly different, neighbours alike)
     canc = np.zeros(256, np.float32)
@@ -70,6 +74,10 @@ def render(cv: Canvas, rng: np.random.Generator, mode: str, bone_hu: dict[int, f
     flat = hu.ravel()
     flat[idx] = (flat[idx] * (1.0 - b) + (b - k) * canc[cv.bone_id.ravel()[idx]]
                  + k * np.float32(cortical_hu))
+    if overlay is not None:
+        j, b2, k2 = overlay.idx, overlay.bone, overlay.cortex
+        flat[j] = (mean[t.ravel()[j]] * (1.0 - b2) + (b2 - k2) * canc[overlay.bone_id]
+                   + k2 * np.float32(cortical_hu))
 
     # white noise before the blur comes out as correlated CT noise after it
     sp = cv.spacing
@@ -83,6 +91,10 @@ def render(cv: Canvas, rng: np.random.Generator, mode: str, bone_hu: dict[int, f
     del w
     wb = rng.standard_normal(len(idx), dtype=np.float32)
     flat[idx] += wb * (b - k) * np.float32(40.0)  # trabecular texture
+    if overlay is not None:  # texture of the overlay's new cancellous bone only
+        j = overlay.idx
+        extra = np.maximum((overlay.bone - overlay.cortex) - (cv.bone.ravel()[j] - cv.cortex.ravel()[j]), 0)
+        flat[j] += overlay.rng.standard_normal(len(j), dtype=np.float32) * extra * np.float32(40.0)
 
     if mode == "random":
         hu = bias_field(hu, cv, rng)

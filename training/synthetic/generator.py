@@ -21,7 +21,7 @@ from .body import paint_body
 from .canvas import BONE_OTHER, BONE_PELVIS, BONE_RIB, BONE_SACRUM_LOW, BONE_SKULL, Canvas
 from .implants import add_streaks, paint_implants
 from .skeleton import paint_pelvis, paint_ribcage, paint_skull_and_shoulders
-from .variants import paint_sacralised_l5, paint_variant_ribs, plan_variant, variant_meta
+from .variants import paint_variant_bones, plan_variant, variant_meta
 from .vertebra_shapes import paint_soft_parts, paint_vertebra
 
 
@@ -144,15 +144,15 @@ def generate_case(seed: int, *, full_spine_prob: float = 0.1, spacing: Optional[
         bid = lv.label if lv.label else BONE_SACRUM_LOW
         bone_hu[bid] = base * rng.uniform(0.92, 1.08) * (1.4 if lv.compression < 1 else 1.0)
         paint_vertebra(cv, lv, bid, shell_mm, arch_dense=arch_dense)
-        if lv.name == "L5":
-            paint_sacralised_l5(cv, spine, plan, shell_mm)  # before S1, whose label wins where they fuse
     paint_ribcage(cv, spine, rng, shell_mm, rib_dense=rib_dense)
-    paint_variant_ribs(cv, spine, plan, shell_mm, rib_dense=rib_dense)
     paint_pelvis(cv, spine, rng, shell_mm)
     paint_skull_and_shoulders(cv, spine, rng, shell_mm)
     metal = bool(rng.random() < metal_prob)
     if metal:
         meta["implants"] = paint_implants(cv, spine, rng)
+    # a lumbar / cervical rib, a sacralised L5's wings: an overlay from the variant stream, so the main
+    # stream draws what it would draw without them
+    overlay = paint_variant_bones(cv, spine, plan, shell_mm, rib_dense=rib_dense)
 
     r = rng.random()
     mode = "random" if r < random_appearance_prob else (
@@ -164,7 +164,7 @@ def generate_case(seed: int, *, full_spine_prob: float = 0.1, spacing: Optional[
     phase_rng = rng.spawn(1)[0]
     arterial = mode == "contrast" and bool(phase_rng.random() < arterial_prob)
     blood_hu = float(phase_rng.uniform(300, 700)) if arterial else None
-    hu = render(cv, rng, mode, bone_hu, cortical_hu, noise_sd, psf, blood_hu=blood_hu)
+    hu = render(cv, rng, mode, bone_hu, cortical_hu, noise_sd, psf, blood_hu=blood_hu, overlay=overlay)
     if metal:
         add_streaks(hu, cv, rng)
     meta.update(appearance=mode, arterial=arterial, noise_sd=noise_sd, psf_mm=[float(p) for p in psf],

@@ -22,15 +22,19 @@ the 26 network channels and stay out of the ground-truth centroids (their centre
 The three older variants (``11_ribs``, ``6_lumbar``, ``13_thoracic``) are drawn from the case's main random
 stream, as they always were. The newer ones are drawn, and their bones shaped, from a separate stream
 (``numpy.random.default_rng([seed, 7])``) and only when no older variant was drawn, so every case without a
-variant is exactly the case it was before they existed; forcing a newer variant on a seed changes nothing
-else than the variant itself (a sacralised L5's narrow disc moves the sacrum and pelvis up a few mm).
+variant is exactly the case it was before they existed. Their bones are painted last, on a copy of the
+canvas, and rendered as an overlay (:class:`BoneOverlay`) whose texture also comes from the variant stream:
+forcing a lumbar or a cervical rib on a seed gives the very same CT plus the rib (a paired comparison),
+while a sacralised L5's narrow disc moves the sacrum and the pelvis up a few mm.
 """
 
+import copy
 from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 
+from . import tissues as T
 from .anatomy import Spine
 from .canvas import BONE_RIB, Canvas
 from .skeleton import rib_points
@@ -140,6 +144,40 @@ def plan_variant(seed: int, transitional: Optional[str], eleven_ribs: bool, forc
     return plan
 
 
+@dataclass
+class BoneOverlay:
+    """Bone a variant adds to a finished canvas: flat voxel indices and their new occupancies and ids."""
+
+    idx: np.ndarray
+    bone: np.ndarray
+    cortex: np.ndarray
+    bone_id: np.ndarray
+    rng: np.random.Generator  # the trabecular texture of the new bone
+
+
+def paint_variant_bones(cv: Canvas, spine: Spine, plan: VariantPlan, cortical_mm: float,
+                        rib_dense: float = 0.45) -> Optional[BoneOverlay]:
+    """Paint the newer variants' bones (lumbar rib, cervical rib, sacralised L5's wings) as an overlay.
+
+    Call it after every other bone (and the implants). ``cv``'s bone stays as it is, so rendering draws the
+    same random numbers as without the variant; the label map gets the new labels where it had none (a
+    sacralised L5's wing is L5 up to the sacral ala, which stays S1).
+    """
+    if not (plan.lumbar_rib or plan.cervical_rib or plan.sacralised_l5):
+        return None
+    ov = copy.copy(cv)
+    ov.bone, ov.cortex, ov.bone_id, ov.labels = cv.bone.copy(), cv.cortex.copy(), cv.bone_id.copy(), cv.labels.copy()
+    paint_variant_ribs(ov, spine, plan, cortical_mm, rib_dense=rib_dense)
+    paint_sacralised_l5(ov, spine, plan, cortical_mm)
+    metal = cv.tissue == T.METAL
+    ov.bone[metal] = 0.0
+    ov.cortex[metal] = 0.0
+    new_label = (cv.labels == 0) & (ov.labels != 0)
+    cv.labels[new_label] = ov.labels[new_label]
+    idx = np.flatnonzero((ov.bone != cv.bone) | (ov.cortex != cv.cortex))
+    return BoneOverlay(idx, ov.bone.ravel()[idx], ov.cortex.ravel()[idx], ov.bone_id.ravel()[idx], plan.rng)
+
+
 def _sides(which: str) -> tuple[int, ...]:
     """+1 = patient left (LPS +x), -1 = right."""
     return {"left": (1,), "right": (-1,), "both": (-1, 1)}[which]
@@ -158,9 +196,9 @@ def paint_variant_ribs(cv: Canvas, spine: Spine, plan: VariantPlan, cortical_mm:
             pts = rib_points(lv, side, span, ap, end, drop)
             cv.stamp_tube(pts, np.linspace(4.4, 3.2, len(pts)), cortical_mm, BONE_RIB, dense=rib_dense)
     if plan.cervical_rib and spine.has("C7"):
-        k = float(rng.uniform(0.85, 1.15))
+        k = float(rng.uniform(0.9, 1.1))
         span, ap = 52.0 * k * rng.uniform(0.95, 1.05), 42.0 * k * rng.uniform(0.95, 1.05)
-        end, drop = float(rng.uniform(60, 110)), float(rng.uniform(4, 14))
+        end, drop = float(rng.uniform(70, 115)), float(rng.uniform(4, 14))
         lv = spine.by_name("C7")
         for side in _sides(plan.cervical_rib):
             pts = rib_points(lv, side, span, ap, end, drop)
@@ -168,11 +206,9 @@ def paint_variant_ribs(cv: Canvas, spine: Spine, plan: VariantPlan, cortical_mm:
 
 
 def paint_sacralised_l5(cv: Canvas, spine: Spine, plan: VariantPlan, cortical_mm: float) -> None:
-    """Broad L5 transverse process(es) reaching down and fusing with the sacral ala (Castellvi type III).
-
-    Painted right after L5 and before S1, with L5's label and density: where the wing meets the ala, the
-    sacrum's label wins, so the label maps of L5 and S1 touch laterally on the fused side(s).
-    """
+    """Broad L5 transverse process(es) reaching down and fusing with the sacral ala (Castellvi type III),
+    with L5's label and density (:func:`paint_variant_bones` keeps S1's label where the wing meets the ala,
+    so the label maps of L5 and S1 touch beside the spine on the fused side(s))."""
     if not plan.sacralised_l5 or not (spine.has("L5") and spine.has("S1")):
         return
     rng = plan.rng
