@@ -410,3 +410,20 @@ def test_a_synthetic_spec_and_the_evaluation_can_ask_for_a_variant(tmp_path, mon
     assert len(seen) == 1 and json.dumps(summary).count('"13_ribs"') >= 1
     with pytest.raises(SystemExit):
         evaluate.main(["--synthetic", "1", "--synthetic-variant", "14_ribs"])
+
+
+def test_the_anomaly_case_writer_leaves_a_folder_the_verse_reader_and_the_evaluation_can_read(tmp_path):
+    import json
+
+    from benchmarks.anomaly_cases import main as write_cases
+    from training.datasets import load_dataset
+
+    assert write_cases(["--out", str(tmp_path), "--cases", "1", "--seed0", "910000", "--spacing", "3",
+                        "--variants", "6_lumbar", "cervical_rib_left"]) == 0
+    cases = {c.case_id: c for c in load_dataset(f"verse:{tmp_path}")}
+    assert set(cases) == {"6lumbar910000", "cervicalribleft910000"}
+    truth = json.loads((tmp_path / "derivatives" / "sub-6lumbar910000" / "sub-6lumbar910000_truth.json").read_text())
+    assert truth["meta"]["lumbar_count"] == 6 and "L6" not in truth["centroids_lps"]
+    assert truth["meta"]["extra_lumbar_centroid_lps"] is not None
+    for name, p in cases["6lumbar910000"].centroids.items():  # VerSe has no S2: the rest agree
+        np.testing.assert_allclose(p, truth["centroids_lps"][name], atol=0.05)
