@@ -36,6 +36,7 @@ SPACING_WEIGHT: float = 8.0
 MISSED_DISC_COST: float = 1.5
 
 
+
 @dataclass
 class Body:
     """One vertebral body of the chain.
@@ -199,11 +200,11 @@ def find_bodies(hu: np.ndarray, spacing: float, points: np.ndarray, labels: np.n
     profile = disc_profile(hu, ks, js, is_, spacing)
     chain.profile = profile
     dips, props = find_peaks(-profile, distance=max(1, int(round(6.0 / spacing))), prominence=5.0)
-    if len(dips) == 0:
-        return chain
+    dip_k = ks[dips].astype(float)
     prominence = props["prominences"]
-    strength = np.minimum(prominence / max(float(np.median(prominence)), 1e-6), 2.0)
-    dip_k = ks[dips]
+    strength = np.minimum(prominence / max(float(np.median(prominence)), 1e-6), 2.0) if len(dips) else prominence
+    if len(dip_k) == 0:
+        return chain
     expected = np.array([expected_spacing(k, points, labels, weights, spacing) for k in dip_k])
     discs = choose_discs(dip_k, strength, expected)
     chain.discs = [k for k, _ in discs]

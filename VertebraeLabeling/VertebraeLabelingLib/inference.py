@@ -148,29 +148,26 @@ def label_ct(
     _check_cancel(cancel)
     agg = aggregation.aggregate(predictions, volume.spacing, min_probability, volume.shape)
     result.probabilities = agg.max_probabilities
-    anchored, named, _ = (None, None, None) if not anchors else naming.anchored_labels(
-        volume.hu, volume.spacing, agg.candidates)
-    if anchored:
-        for lab in anchored:
+    decision = naming.anchored_labels(volume.hu, volume.spacing, agg.candidates, agg.chosen) if anchors else None
+    if decision is not None and decision.labels:
+        for lab in decision.labels:
             result.vertebrae.append(LabeledVertebra(
                 name=VERTEBRA_NAMES[lab.label],
                 position_lps=volume.index_to_lps(lab.position),
                 confidence=float(lab.confidence),
                 basis=lab.basis,
             ))
-        result.anchors = list(named.anchors)
-        result.messages.extend(named.notes)
     else:
         for cand in agg.chosen:
             result.vertebrae.append(LabeledVertebra(
                 name=VERTEBRA_NAMES[cand.label],
                 position_lps=volume.index_to_lps(cand.position),
                 confidence=float(cand.confidence),
-                basis="network only",
+                basis=decision.network_basis if decision is not None else "network only",
             ))
-        if anchors:
-            result.messages.append("No anatomical anchor in view (no first or last rib pair, sacrum or C2): "
-                                   "the names are the network's alone.")
+    if decision is not None:
+        result.anchors = list(decision.naming.anchors)
+        result.messages.extend(decision.naming.notes)
     result.timings["aggregate"] = time.perf_counter() - t3
     result.timings["total"] = time.perf_counter() - t0
     if not result.vertebrae:
