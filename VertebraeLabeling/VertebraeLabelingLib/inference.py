@@ -18,7 +18,7 @@ from .image_io import is_oblique, read_image, validate_ct
 from .model_io import load_model
 from .network import BLOCK_SHAPE, VertebraeNet
 from .results import LabeledVertebra, LabelingResult
-from .vertebrae import VERTEBRA_NAMES
+from .vertebrae import NAME_TO_INDEX, VERTEBRA_NAMES
 
 ProgressCallback = Callable[[float, str], None]
 CancelCallback = Callable[[], bool]
@@ -165,6 +165,14 @@ def label_ct(
                 confidence=float(cand.confidence),
                 basis=decision.network_basis if decision is not None else "network only",
             ))
+        for lab in decision.added if decision is not None else []:
+            result.vertebrae.append(LabeledVertebra(
+                name=VERTEBRA_NAMES[lab.label],
+                position_lps=volume.index_to_lps(lab.position),
+                confidence=float(lab.confidence),
+                basis=lab.basis,
+            ))
+        result.vertebrae.sort(key=lambda v: NAME_TO_INDEX[v.name])
     if decision is not None:
         result.anchors = list(decision.naming.anchors)
         result.messages.extend(decision.naming.notes)

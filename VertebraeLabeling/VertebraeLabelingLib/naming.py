@@ -319,6 +319,8 @@ class AnchoredResult:
     Attributes:
         labels: the anchored names and places, or None where the network's own result stands (no anchor in
             view, or every rib anchor agrees with the network's names).
+        added: where the network's result stands and the count agrees with it, the bodies it left without a
+            point (a gap, a partly seen vertebra at the edge), named by the count.
         naming: the naming of the chain (anchors, notes).
         chain: the bodies found.
         network_basis: how the network's names are to be described when they stand.
@@ -328,6 +330,7 @@ class AnchoredResult:
     naming: Naming
     chain: BodyChain
     network_basis: str = "network only"
+    added: list[AnchoredLabel] = field(default_factory=list)
 
 
 def rib_anchors_disagree(naming: Naming, chain: BodyChain, chosen: Sequence) -> list[str]:
@@ -409,26 +412,47 @@ def anchored_labels(hu: np.ndarray, spacing: float, candidates: Sequence, chosen
     if not against:
         agreeing = [what for what in naming.anchor_bodies]
         basis = "network; agrees with " + " and ".join(agreeing)
-        return AnchoredResult(None, Naming(anchors=naming.anchors), chain, basis)
+        added = _bodies_the_network_left_out(naming, chain, candidates, chosen, spacing, min_position_confidence)
+        return AnchoredResult(None, Naming(anchors=naming.anchors), chain, basis, added)
     naming.notes.insert(0, f"The network's names disagree with the {' and the '.join(against)}: the levels are "
                            "counted from the anchors instead.")
-    out = []
-    for nb in naming.names:
-        body = chain.bodies[nb.body]
-        # A partly seen end body's discs are guessed: look a little beyond them for the network's point.
-        reach = 0.3 * (body.bottom - body.top) if body.partial else 0.0
-        near = [c for c in candidates if body.top - reach <= c.position[0] <= body.bottom + reach
-                and _off_curve_mm(chain, c.position, spacing) <= MAX_OFF_CURVE_MM]
-        same = [c for c in near if c.label == nb.label]
-        sure = [c for c in near if body.top <= c.position[0] <= body.bottom and c.confidence >= min_position_confidence]
-        if same:
-            position = max(same, key=lambda c: c.confidence).position
-        elif sure:
-            position = max(sure, key=lambda c: c.confidence).position
-        else:
-            position = body.position
-        out.append(AnchoredLabel(nb.label, np.asarray(position, dtype=float), nb.confidence, nb.basis))
+    out = [_place(nb, chain, candidates, spacing, min_position_confidence) for nb in naming.names]
     return AnchoredResult(out, naming, chain)
+
+
+def _place(nb: NamedBody, chain: BodyChain, candidates: Sequence, spacing: float,
+           min_position_confidence: float) -> AnchoredLabel:
+    body = chain.bodies[nb.body]
+    # A partly seen end body's discs are guessed: look a little beyond them for the network's point.
+    reach = 0.3 * (body.bottom - body.top) if body.partial else 0.0
+    near = [c for c in candidates if body.top - reach <= c.position[0] <= body.bottom + reach
+            and _off_curve_mm(chain, c.position, spacing) <= MAX_OFF_CURVE_MM]
+    same = [c for c in near if c.label == nb.label]
+    sure = [c for c in near if body.top <= c.position[0] <= body.bottom and c.confidence >= min_position_confidence]
+    if same:
+        position = max(same, key=lambda c: c.confidence).position
+    elif sure:
+        position = max(sure, key=lambda c: c.confidence).position
+    else:
+        position = body.position
+    return AnchoredLabel(nb.label, np.asarray(position, dtype=float), nb.confidence, nb.basis)
+
+
+def _bodies_the_network_left_out(naming: Naming, chain: BodyChain, candidates: Sequence, chosen: Sequence,
+                                 spacing: float, min_position_confidence: float) -> list[AnchoredLabel]:
+    """Bodies of the chain with no network point, named by the count, where the count names every body that
+    does hold a network point as the network does (same count, so nothing is renamed)."""
+    by_body: dict[int, list[int]] = {}
+    for c in chosen:
+        b = chain.body_at(float(c.position[0]))
+        if b is not None:
+            by_body.setdefault(b, []).append(c.label)
+    named = {nb.body: nb for nb in naming.names}
+    if not by_body or any(b not in named or named[b].label not in labels for b, labels in by_body.items()):
+        return []
+    taken = {c.label for c in chosen}
+    return [_place(nb, chain, candidates, spacing, min_position_confidence) for nb in naming.names
+            if nb.body not in by_body and nb.label not in taken]
 
 
 NO_ANCHOR_NOTE = ("No anatomical anchor in view (no first or last rib pair, sacrum or C2): the names are the "
