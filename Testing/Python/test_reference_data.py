@@ -29,11 +29,11 @@ def _image(arr, spacing=(2.0, 2.0, 2.0), origin=(0.0, 0.0, 0.0)) -> sitk.Image:
     return img
 
 
-def _write_archive(path: str, archive: rd.Archive, images: dict) -> None:
+def _write_archive(path: str, archive: rd.Archive, images: dict, suffix: str = ".nii.gz") -> None:
     """An archive laid out like the pinned one (tar.gz or wheel), holding ``images`` at its member paths."""
     blobs = {}
     for name, member in archive.members.items():
-        tmp = os.path.join(os.path.dirname(path), name + ".nii.gz")
+        tmp = os.path.join(os.path.dirname(path), name + suffix)
         sitk.WriteImage(images[name], tmp)
         blobs[member] = open(tmp, "rb").read()
     if archive.is_sdist:
@@ -90,6 +90,15 @@ def _fake_platipy(path: str) -> dict:
     return images
 
 
+def _fake_pyradiomics(path: str) -> dict:
+    """pyradiomics' sdist layout: two chest CTs as NRRD, big enough to hold our reference points."""
+    images = {}
+    for name, origin in (("lung1", (-146.0, -325.0, -777.5)), ("lung2", (-170.5, -324.5, -360.0))):
+        images[name] = _image(np.full((60, 12, 12), -800, np.int16), spacing=(20.0, 20.0, 5.0), origin=origin)
+    _write_archive(path, rd.PYRADIOMICS, images, suffix=".nrrd")
+    return images
+
+
 def test_case_folders_hold_each_vertebra_cut_to_its_body_and_t12_on_the_chest_grid(tmp_path):
     sdist = str(tmp_path / rd.TOTALSEGMENTATOR.filename)
     _fake_totalsegmentator(sdist)
@@ -129,7 +138,7 @@ def test_the_verse_crop_keeps_each_vertebra_s_body_subregions_only(tmp_path):
 def test_every_archive_builds_its_folders_and_fetch_uses_files_given_to_it(tmp_path):
     given = {}
     for archive, make in ((rd.TOTALSEGMENTATOR, _fake_totalsegmentator), (rd.TPTBOX, _fake_tptbox),
-                          (rd.PLATIPY, _fake_platipy)):
+                          (rd.PLATIPY, _fake_platipy), (rd.PYRADIOMICS, _fake_pyradiomics)):
         given[archive] = str(tmp_path / archive.filename)
         make(given[archive])
     with pytest.raises(rd.ReferenceDataError, match="SHA-256"):  # the fakes are not the pinned files
@@ -137,7 +146,8 @@ def test_every_archive_builds_its_folders_and_fetch_uses_files_given_to_it(tmp_p
     cases = {}
     for archive, path in given.items():
         cases.update(rd.build_cases(archive, path, str(tmp_path / "out"), check_sha256=False))
-    assert sorted(cases) == sorted([rd.CASE_ABDOMEN, rd.CASE_CHEST, rd.CASE_LUMBAR_CROP, rd.CASE_PLAIN_CHEST])
+    assert sorted(cases) == sorted([rd.CASE_ABDOMEN, rd.CASE_CHEST, rd.CASE_LUMBAR_CROP, rd.CASE_PLAIN_CHEST,
+                                    rd.CASE_LUNG1, rd.CASE_LUNG2])
     assert sorted(os.listdir(cases[rd.CASE_PLAIN_CHEST])) == [rd.PLAIN_CHEST_IMAGE, rd.PLAIN_CHEST_CTD]
     assert len(load_dataset(f"verse:{cases[rd.CASE_PLAIN_CHEST]}")[0].centroids) == 14
 
@@ -148,6 +158,58 @@ def test_an_archive_that_is_not_the_pinned_one_is_refused(tmp_path):
     with pytest.raises(rd.ReferenceDataError, match="SHA-256"):
         rd.build_cases(rd.TOTALSEGMENTATOR, sdist, str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
+
+
+def test_pyradiomics_chest_cts_become_verse_folders_with_our_by_eye_centroids(tmp_path):
+    sdist = str(tmp_path / rd.PYRADIOMICS.filename)
+    images = _fake_pyradiomics(sdist)
+    out = tmp_path / "out"
+    cases = rd.build_cases(rd.PYRADIOMICS, sdist, str(out), check_sha256=False)
+    assert sorted(cases) == [rd.CASE_LUNG1, rd.CASE_LUNG2]
+    expected = {rd.CASE_LUNG1: ("T1", "T9", 9), rd.CASE_LUNG2: ("T2", "T12", 11)}
+    for case, (top, bottom, count) in expected.items():
+        assert sorted(os.listdir(cases[case])) == sorted(rd.by_eye_files(case))
+        loaded = load_dataset(f"verse:{cases[case]}")[0]
+        names = sorted(loaded.centroids, key=lambda n: -loaded.centroids[n][2])
+        assert (names[0], names[-1], len(names)) == (top, bottom, count)
+        with open(rd.truth_path(case)) as f:
+            truth = json.load(f)
+        for name, lps in truth["centroids_lps_mm"].items():  # through the VerSe file (0.01 voxel) and back
+            np.testing.assert_allclose(loaded.centroids[name], lps, atol=0.11)
+        assert set(truth["levels"]) == set(truth["centroids_lps_mm"])
+        assert {v["certainty"] for v in truth["levels"].values()} <= {"sure", "likely"}
+        image = sitk.ReadImage(loaded.image_path)  # the NRRD member, written as NIfTI with its geometry
+        np.testing.assert_allclose(image.GetOrigin(), images[case.rsplit("_", 1)[1]].GetOrigin())
+    source = (out / "SOURCE_pyradiomics.txt").read_text()
+    assert rd.PYRADIOMICS.sha256 in source and "BSD-3-Clause" in source and rd.PYRADIOMICS.url in source
+
+
+def test_a_pyradiomics_sdist_that_is_not_the_pinned_one_is_refused(tmp_path):
+    sdist = str(tmp_path / rd.PYRADIOMICS.filename)
+    _fake_pyradiomics(sdist)
+    with pytest.raises(rd.ReferenceDataError, match="not the pinned"):
+        rd.build_cases(rd.PYRADIOMICS, sdist, str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unreachable_download_address_is_a_reference_data_error(tmp_path, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(rd.urllib.request, "urlopen", refuse)
+    with pytest.raises(rd.ReferenceDataError, match="could not download"):
+        rd.download(rd.PYRADIOMICS, str(tmp_path))
+
+
+def test_every_by_eye_reference_has_a_small_picture_and_a_certainty_per_level():
+    pictures = os.path.join(rd.REFERENCE_TRUTH, "pictures")
+    for case in rd.BY_EYE_SUBJECTS:
+        with open(rd.truth_path(case)) as f:
+            truth = json.load(f)
+        assert set(truth["levels"]) == set(truth["centroids_lps_mm"]), case
+        assert all(v["certainty"] in ("sure", "likely") and v["named_by"] for v in truth["levels"].values()), case
+        png = os.path.join(pictures, f"{case}.png")
+        assert os.path.getsize(png) < 150_000, case
 
 
 def test_a_missing_member_is_named(tmp_path):
@@ -248,6 +310,18 @@ def test_the_by_eye_reference_of_the_plain_chest_ct_is_what_the_file_says():
         written = json.load(f)["centroids_lps_mm"]
     for name, lps in written.items():  # through the VerSe file and back: the same points
         np.testing.assert_allclose(case.centroids[name], lps, atol=0.05)
+
+
+@pytest.mark.parametrize("case", [rd.CASE_LUNG1, rd.CASE_LUNG2])
+def test_the_by_eye_references_of_pyradiomics_chest_cts_are_what_the_files_say(case):
+    loaded = _reference_case(case, kind="verse")
+    with open(rd.truth_path(case)) as f:
+        written = json.load(f)["centroids_lps_mm"]
+    assert sorted(loaded.centroids) == sorted(written)
+    for name, lps in written.items():
+        np.testing.assert_allclose(loaded.centroids[name], lps, atol=0.05)
+    image = sitk.ReadImage(loaded.image_path)
+    assert image.GetSpacing()[2] == pytest.approx(5.0) and image.GetSize()[:2] == (512, 512)
 
 
 def test_on_a_real_chest_ct_without_contrast_the_points_follow_one_spine(plain_chest_result):
