@@ -90,9 +90,10 @@ def synthetic_cases(n: int, seed0: int, variant: Optional[str] = None) -> Iterat
         truth = keep_known({k: np.asarray(v, dtype=float) for k, v in case.centroids.items()},
                            notes, f"seed {seed}")
         partial = list(getattr(case, "partial", []) or [])
-        if case.meta.get("variant"):
-            notes.append(f"variant {case.meta['variant']}: rib pairs {case.meta.get('rib_pairs')}, "
-                         f"lumbar {case.meta.get('lumbar_count')}, cervical rib {case.meta.get('cervical_rib')}")
+        meta = getattr(case, "meta", None) or {}
+        if meta.get("variant"):
+            notes.append(f"variant {meta['variant']}: rib pairs {meta.get('rib_pairs')}, "
+                         f"lumbar {meta.get('lumbar_count')}, cervical rib {meta.get('cervical_rib')}")
         yield EvaluationCase(f"synthetic_{seed}", lambda make=make: make().image, truth, partial, notes)
         holder.clear()  # the volume is no longer needed once the case is evaluated
 

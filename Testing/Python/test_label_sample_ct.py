@@ -140,3 +140,14 @@ def test_the_mirrored_look_at_a_block_lands_on_the_same_vertebrae(sample_ct_path
     assert sure.sum() >= 2
     gaps_mm = np.linalg.norm(plain.positions[sure] - mirrored.positions[sure], axis=1) * volume.spacing
     assert gaps_mm.max() < 6.0, gaps_mm
+
+
+def test_the_partly_seen_t12_is_found_under_the_last_rib_pair_and_the_names_say_how(sample_result):
+    """The sample CT (abdomen) ends at the top inside T12, under the network's L1-S2. The ribs beside it
+    are the last pair: the count adds T12 above L1, and every name says what it agrees with."""
+    by_name = {v.name: v for v in sample_result.vertebrae}
+    assert any(a.startswith("last rib pair: T12") for a in sample_result.anchors), sample_result.anchors
+    assert any(a.startswith("the sacrum: S1") for a in sample_result.anchors), sample_result.anchors
+    assert by_name["T12"].basis == "last rib pair"
+    assert by_name["T12"].position_lps[2] > by_name["L1"].position_lps[2] + 15.0  # above L1, by about a level
+    assert by_name["L3"].basis == "network; agrees with last rib pair and the sacrum"

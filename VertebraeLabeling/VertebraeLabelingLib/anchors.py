@@ -43,6 +43,17 @@ class Rib:
     k: float
     body: Optional[int]
     reach_mm: float
+    descent_mm: float = 0.0  # how far its outer end lies below its inner end (ribs run down as they run out)
+
+
+@dataclass
+class Plate:
+    """A bony plate beside the spine that reaches in to it and is taller than a rib: the ilium at the
+    sacroiliac joint (or a scapula lying on the ribs). ``top`` and ``bottom`` are slices."""
+
+    side: str
+    top: float
+    bottom: float
 
 
 @dataclass
@@ -67,9 +78,15 @@ class RibSurvey:
 
 def find_ribs(hu: np.ndarray, spacing: float, chain: BodyChain) -> list[Rib]:
     """Ribs beside the spine curve of ``chain`` in a canonical HU volume (not yet assigned to bodies)."""
+    return paraspinal_bones(hu, spacing, chain)[0]
+
+
+def paraspinal_bones(hu: np.ndarray, spacing: float, chain: BodyChain) -> tuple[list[Rib], list[Plate]]:
+    """The ribs and the plates (too tall for a rib: ilium, scapula) that reach in to the spine curve."""
     ribs: list[Rib] = []
+    plates: list[Plate] = []
     if chain.curve_k is None:
-        return ribs
+        return ribs, plates
     k_lo, k_hi = int(chain.curve_k[0]), int(chain.curve_k[-1])
     sub = hu[k_lo:k_hi + 1]
     ks = np.arange(k_lo, k_hi + 1)
@@ -93,18 +110,20 @@ def find_ribs(hu: np.ndarray, spacing: float, chain: BodyChain) -> list[Rib]:
         if dist.min() > RIB_MEDIAL_MM or dist.max() < RIB_LATERAL_MM:
             continue
         if np.ptp(kk) * spacing > RIB_MAX_HEIGHT_MM:
+            plates.append(Plate(side, float(kk.min() + k_lo), float(kk.max() + k_lo)))
             continue
         inner = kk[dist <= dist.min() + 12.0]
+        outer = kk[dist >= dist.max() - 12.0]
         k = float(inner.mean()) + k_lo
-        ribs.append(Rib(side, k, None, float(dist.max())))
-    return sorted(ribs, key=lambda r: r.k)
+        ribs.append(Rib(side, k, None, float(dist.max()), float(outer.mean() - inner.mean()) * spacing))
+    return sorted(ribs, key=lambda r: r.k), plates
 
 
 def survey_ribs(hu_shape: tuple, spacing: float, chain: BodyChain, ribs: list[Rib]) -> RibSurvey:
     """Assign ``ribs`` to the bodies of ``chain`` and record, per body and side, "rib", "none" or "unseen"."""
     survey = RibSurvey(state=[{side: "unseen" for side in SIDES} for _ in chain.bodies])
     for rib in ribs:
-        survey.ribs.append(Rib(rib.side, rib.k, chain.body_at(rib.k), rib.reach_mm))
+        survey.ribs.append(Rib(rib.side, rib.k, chain.body_at(rib.k), rib.reach_mm, rib.descent_mm))
     # Which sides were seen: the band's outer part lies inside the image at the body's level.
     for b, body in enumerate(chain.bodies):
         i_centre = float(np.interp(body.position[0], chain.curve_k, chain.curve_i))

@@ -401,6 +401,12 @@ def anchored_labels(hu: np.ndarray, spacing: float, candidates: Sequence, chosen
     if chain.bodies and any(r.k < chain.bodies[0].top or r.k > chain.bodies[-1].bottom for r in ribs):
         chain = chain_from_candidates(hu, spacing, candidates, extra_k=[r.k for r in ribs])
     survey = survey_ribs(hu.shape, spacing, chain, ribs)
+    return decide_names(chain, survey, candidates, chosen, spacing, min_position_confidence)
+
+
+def decide_names(chain: BodyChain, survey: RibSurvey, candidates: Sequence, chosen: Sequence, spacing: float,
+                 min_position_confidence: float = 0.3) -> AnchoredResult:
+    """The decision of :func:`anchored_labels` once the bodies and ribs are found (no image needed)."""
     naming = name_chain(chain, candidates, spacing, survey)
     if naming is None:
         return AnchoredResult(None, Naming(notes=[NO_ANCHOR_NOTE]), chain)

@@ -1,0 +1,167 @@
+"""Naming the levels as a radiologist counts them: bodies along the spine, ribs beside them, one naming step.
+
+The story: a chest CT in which the network puts its points on the right bodies but names them a level off.
+The ribs say where T1 and T12 are; counting the bodies from them gives the right names, each saying how it
+was reached. Where the network is sure and the ribs agree, nothing changes; where the anatomy is unusual
+(13 rib-bearing vertebrae) the names come from the surest anchor and a note says what to check.
+"""
+
+import numpy as np
+import pytest
+
+from VertebraeLabeling.VertebraeLabelingLib import naming
+from VertebraeLabeling.VertebraeLabelingLib.aggregation import Candidate
+from VertebraeLabeling.VertebraeLabelingLib.anchors import Rib, RibSurvey
+from VertebraeLabeling.VertebraeLabelingLib.bodies import Body, BodyChain, choose_discs
+from VertebraeLabeling.VertebraeLabelingLib.vertebrae import NAME_TO_INDEX, TYPICAL_SPACING_MM, VERTEBRA_NAMES
+
+SPACING = 2.0  # mm per canonical voxel
+
+
+def _chain(first: str, count: int) -> BodyChain:
+    """``count`` whole bodies from ``first`` down, at the typical spacing, on a straight spine."""
+    k, ks = 10.0, []
+    for n in range(count):
+        ks.append(k)
+        k += TYPICAL_SPACING_MM[NAME_TO_INDEX[first] + n] / SPACING
+    curve_k = np.arange(0.0, ks[-1] + 30.0)
+    chain = BodyChain(curve_k=curve_k, curve_j=np.full_like(curve_k, 100.0), curve_i=np.full_like(curve_k, 100.0))
+    edges = [ks[0] - 0.5 * (ks[1] - ks[0])] + [0.5 * (a + b) for a, b in zip(ks, ks[1:])] + \
+        [ks[-1] + 0.5 * (ks[-1] - ks[-2])]
+    chain.bodies = [Body(np.array([kk, 100.0, 100.0]), top, bottom) for kk, top, bottom in zip(ks, edges, edges[1:])]
+    chain.discs = edges[1:-1]
+    return chain
+
+
+def _ribs(chain: BodyChain, bearing: dict, reach: float = 90.0) -> RibSurvey:
+    """A survey with ribs at the bodies in ``bearing`` ({body: sides}) and every side seen."""
+    survey = RibSurvey(state=[{"right": "none", "left": "none"} for _ in chain.bodies])
+    for b, sides in bearing.items():
+        for side in sides:
+            survey.ribs.append(Rib(side, float(chain.bodies[b].position[0]), b, reach))
+            survey.state[b][side] = "rib"
+    return survey
+
+
+def _network(chain: BodyChain, names: dict, confidence: float = 0.9) -> list:
+    """The network's points: one per body in ``names`` ({body: name}), on the body centre."""
+    return [Candidate(NAME_TO_INDEX[name], chain.bodies[b].position.copy(), confidence, 3) for b, name in names.items()]
+
+
+BOTH = ("right", "left")
+
+
+def test_a_chest_named_a_level_high_by_the_network_is_named_from_its_rib_pairs():
+    """C6 to L2 in view (16 bodies). The network names every body one level too high and is unsure of two
+    of them; the ribs sit on bodies 2-13. T1 is the body of the first rib pair, T12 of the last."""
+    chain = _chain("C6", 16)
+    truth = {b: VERTEBRA_NAMES[NAME_TO_INDEX["C6"] + b] for b in range(16)}
+    high = {b: VERTEBRA_NAMES[NAME_TO_INDEX[name] - 1] for b, name in truth.items() if b not in (6, 9)}
+    points = _network(chain, high)
+    points[4].confidence = 0.3  # the network is in doubt (as on real chest CTs)
+    survey = _ribs(chain, {b: BOTH for b in range(2, 14)})
+
+    decision = naming.decide_names(chain, survey, points, points, SPACING)
+
+    assert decision.labels is not None, "the rib anchors should have overruled the network"
+    named = {lab.label: lab for lab in decision.labels}
+    got = [VERTEBRA_NAMES[lab.label] for lab in sorted(decision.labels, key=lambda lab: lab.position[0])]
+    assert got == list(truth.values())
+    assert named[NAME_TO_INDEX["T1"]].basis == "first rib pair"
+    assert named[NAME_TO_INDEX["T12"]].basis == "last rib pair"
+    assert named[NAME_TO_INDEX["T6"]].basis.startswith("counted from")
+    # T6 and T9 had no network point at all: found by the count, placed on their bodies
+    np.testing.assert_allclose(named[NAME_TO_INDEX["T6"]].position, chain.bodies[7].position)
+    assert any("1 level higher" in note for note in decision.naming.notes), decision.naming.notes
+
+
+def test_a_sure_complete_network_is_not_overruled_by_a_short_one_sided_rib():
+    """The network names C6-L2 right and sure; a short bony bar on one side of C7 (a cervical rib, or a
+    transverse process the rib finder took for a rib) makes C7 the 'first rib-bearing' body."""
+    chain = _chain("C6", 16)
+    truth = {b: VERTEBRA_NAMES[NAME_TO_INDEX["C6"] + b] for b in range(16)}
+    points = _network(chain, truth, confidence=0.99)
+    bearing = {b: BOTH for b in range(2, 14)}
+    bearing[1] = ("left",)
+    survey = _ribs(chain, bearing, reach=90.0)
+    survey.ribs = [r if not (r.body == 1) else Rib("left", r.k, 1, 64.0) for r in survey.ribs]
+
+    decision = naming.decide_names(chain, survey, points, points, SPACING)
+
+    assert decision.labels is None  # the network's names stand
+    assert decision.network_basis.startswith("network; agrees with")
+
+
+def test_thirteen_rib_bearing_vertebrae_are_named_from_the_surest_anchors_and_said_so():
+    """T1-T12 plus a rib pair on L1 (13 pairs), whole spine in view with the sacrum. The network is unsure
+    in the middle. The names follow the first rib pair and the sacrum; the note names the count."""
+    chain = _chain("C6", 21)  # C6 .. S1
+    truth = {b: VERTEBRA_NAMES[NAME_TO_INDEX["C6"] + b] for b in range(21)}
+    known = {b: n for b, n in truth.items() if n in ("C6", "C7", "T1", "L4", "L5", "S1")}
+    known[15] = "T11"  # the network names L1 (which carries a rib) T12 and T12 T11: it shifted
+    known[14] = "T10"
+    points = _network(chain, known)
+    points[0].confidence = 0.35
+    survey = _ribs(chain, {b: BOTH for b in range(2, 15)})  # T1 .. L1
+
+    decision = naming.decide_names(chain, survey, points, points, SPACING)
+
+    assert decision.labels is not None
+    got = {VERTEBRA_NAMES[lab.label]: lab for lab in decision.labels}
+    assert got["S1"].basis == "sacrum" and got["T1"].basis == "first rib pair"
+    np.testing.assert_allclose(got["L1"].position, chain.bodies[14].position)  # the 13th rib-bearing body
+    assert any(note.startswith("13 rib-bearing vertebrae") for note in decision.naming.notes), decision.naming.notes
+
+
+def test_without_an_anchor_in_view_the_network_decides_and_says_so():
+    """A lumbar crop: no ribs, no sacrum, no C2 in view."""
+    chain = _chain("L2", 3)
+    points = _network(chain, {0: "L2", 1: "L3", 2: "L4"})
+    survey = _ribs(chain, {})
+
+    decision = naming.decide_names(chain, survey, points, points, SPACING)
+
+    assert decision.labels is None and decision.network_basis == "network only"
+    assert decision.naming.notes == [naming.NO_ANCHOR_NOTE]
+
+
+def test_a_body_the_network_left_out_is_added_where_the_count_agrees_with_it():
+    """The sample CT's story: the last rib pair on a partly seen T12 above the network's L1-S1."""
+    chain = _chain("T12", 7)  # T12 .. S1
+    chain.bodies[0].partial = True
+    points = _network(chain, {1: "L1", 2: "L2", 3: "L3", 4: "L4", 5: "L5", 6: "S1"}, confidence=0.99)
+    survey = _ribs(chain, {0: BOTH})
+
+    decision = naming.decide_names(chain, survey, points, points, SPACING)
+
+    assert decision.labels is None
+    assert [VERTEBRA_NAMES[lab.label] for lab in decision.added] == ["T12"]
+    assert decision.added[0].basis == "last rib pair"
+
+
+def test_the_disc_finder_leaves_out_a_dip_inside_a_body_and_bridges_a_missed_disc():
+    """Dips every 10 voxels (20 mm, the typical thoracic step), one weak dip half-way inside a body, and
+    one disc the profile missed (a 40-voxel gap)."""
+    real = [10.0, 20.0, 30.0, 40.0, 60.0, 70.0]
+    dips = np.array(sorted(real + [45.0 + 0.0, 34.0]))
+    strength = np.array([1.0 if k in real else 0.4 for k in dips])
+    expected = np.full(len(dips), 10.0)
+
+    discs = choose_discs(dips, strength, expected)
+
+    assert [k for k, _ in discs] == [10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0]
+    assert [k for k, bridged in discs if bridged] == [50.0]
+
+
+@pytest.mark.parametrize("shift", [-1, 1])
+def test_the_certainty_drops_where_the_network_and_the_ribs_pull_apart(shift):
+    chain = _chain("C7", 15)
+    truth = {b: VERTEBRA_NAMES[NAME_TO_INDEX["C7"] + b] for b in range(15)}
+    agreeing = _network(chain, truth, confidence=0.9)
+    shifted = _network(chain, {b: VERTEBRA_NAMES[NAME_TO_INDEX[n] + shift] for b, n in truth.items()},
+                       confidence=0.9)
+    survey = _ribs(chain, {b: BOTH for b in range(1, 13)})
+    calm = naming.name_chain(chain, agreeing, SPACING, survey)
+    torn = naming.name_chain(chain, shifted, SPACING, survey)
+    assert calm.certainty > 0.95
+    assert torn.certainty < calm.certainty
