@@ -6,8 +6,11 @@ was reached. Where the network is sure and the ribs agree, nothing changes; wher
 (13 rib-bearing vertebrae) the names come from the surest anchor and a note says what to check.
 """
 
+import os
+
 import numpy as np
 import pytest
+import SimpleITK as sitk
 
 from VertebraeLabeling.VertebraeLabelingLib import naming
 from VertebraeLabeling.VertebraeLabelingLib.aggregation import Candidate
@@ -165,3 +168,28 @@ def test_the_certainty_drops_where_the_network_and_the_ribs_pull_apart(shift):
     torn = naming.name_chain(chain, shifted, SPACING, survey)
     assert calm.certainty > 0.95
     assert torn.certainty < calm.certainty
+
+
+SAMPLE_CT = os.path.join(os.path.dirname(__file__), "..", "Data", "ts_example_ct.nii.gz")
+
+
+@pytest.mark.parametrize("axis, says", [(0, "upside down"), (1, "front-to-back reversed")],
+                         ids=["upside-down", "front-to-back"])
+def test_a_ct_whose_header_contradicts_its_spine_is_refused_and_nothing_is_written(tmp_path, capsys, axis, says):
+    """The sample CT with its pixels flipped but its header kept: the network alone labeled the upside-down
+    copy T12-L5 ("L3 0.83"). The ribs rise instead of falling / the spine lies in the front half of the body:
+    the command line says so and writes nothing."""
+    from VertebraeLabeling.VertebraeLabelingLib import cli
+
+    image = sitk.ReadImage(SAMPLE_CT)
+    flipped = sitk.GetImageFromArray(np.flip(sitk.GetArrayFromImage(image), axis).copy())
+    flipped.CopyInformation(image)
+    path = str(tmp_path / "flipped.nii.gz")
+    sitk.WriteImage(flipped, path)
+    out = tmp_path / "flipped.mrk.json"
+
+    code = cli.main([path, "-o", str(out), "--device", "cpu", "-q"])
+
+    assert code == 1 and not out.exists()
+    err = capsys.readouterr().err
+    assert says in err and "nothing was labeled" in err, err

@@ -13,7 +13,7 @@ import torch
 
 from . import aggregation, blocks, naming, preprocessing, review
 from .defaults import DEFAULT_ANCHORS, DEFAULT_MIN_PROBABILITY, DEFAULT_MIRROR, DEFAULT_STRIDE
-from .errors import CancelledError
+from .errors import CancelledError, InputImageError
 from .image_io import is_oblique, read_image, validate_ct
 from .model_io import load_model
 from .network import BLOCK_SHAPE, VertebraeNet
@@ -104,7 +104,8 @@ def label_ct(
         anchors: name the levels by counting bodies from anatomical anchors (ribs, sacrum, C2) together with
             the network's probabilities (:mod:`naming`); False keeps the network's names alone.
     Raises:
-        InputImageError, ModelFileError, CancelledError.
+        InputImageError (also when the spine contradicts the image's orientation: an image stored upside
+        down or front-to-back reversed), ModelFileError, CancelledError.
     """
     result = LabelingResult()
     report = progress or (lambda fraction, message: None)
@@ -149,6 +150,9 @@ def label_ct(
     agg = aggregation.aggregate(predictions, volume.spacing, min_probability, volume.shape)
     result.probabilities = agg.max_probabilities
     decision = naming.anchored_labels(volume.hu, volume.spacing, agg.candidates, agg.chosen) if anchors else None
+    if decision is not None and decision.orientation_problems:
+        # Labels on an image whose header contradicts its pixels would be confidently wrong.
+        raise InputImageError(" ".join(decision.orientation_problems))
     if decision is not None and decision.labels:
         for lab in decision.labels:
             result.vertebrae.append(LabeledVertebra(

@@ -30,6 +30,7 @@ import numpy as np
 from .anchors import RibSurvey, find_ribs, survey_ribs
 from .bodies import BodyChain, chain_from_candidates
 from .defaults import LOW_CONFIDENCE
+from .spine_orientation import orientation_problems
 from .vertebrae import NAME_TO_INDEX, NUM_VERTEBRAE, TYPICAL_SPACING_MM, VERTEBRA_NAMES
 
 T1, T12 = NAME_TO_INDEX["T1"], NAME_TO_INDEX["T12"]
@@ -321,6 +322,8 @@ class AnchoredResult:
             view, or every rib anchor agrees with the network's names).
         added: where the network's result stands and the count agrees with it, the bodies it left without a
             point (a gap, a partly seen vertebra at the edge), named by the count.
+        orientation_problems: what the spine contradicts in the image's orientation
+            (:mod:`spine_orientation`); when there is any, nothing should be labeled.
         naming: the naming of the chain (anchors, notes).
         chain: the bodies found.
         network_basis: how the network's names are to be described when they stand.
@@ -331,6 +334,7 @@ class AnchoredResult:
     chain: BodyChain
     network_basis: str = "network only"
     added: list[AnchoredLabel] = field(default_factory=list)
+    orientation_problems: list[str] = field(default_factory=list)
 
 
 def rib_anchors_disagree(naming: Naming, chain: BodyChain, chosen: Sequence) -> list[str]:
@@ -401,6 +405,9 @@ def anchored_labels(hu: np.ndarray, spacing: float, candidates: Sequence, chosen
     if chain.bodies and any(r.k < chain.bodies[0].top or r.k > chain.bodies[-1].bottom for r in ribs):
         chain = chain_from_candidates(hu, spacing, candidates, extra_k=[r.k for r in ribs])
     survey = survey_ribs(hu.shape, spacing, chain, ribs)
+    problems = orientation_problems(hu, spacing, chain, ribs)
+    if problems:
+        return AnchoredResult(None, Naming(notes=list(problems)), chain, orientation_problems=problems)
     return decide_names(chain, survey, candidates, chosen, spacing, min_position_confidence)
 
 
