@@ -7,7 +7,8 @@ to the vertebra and reaches far out; a lumbar transverse process also starts the
 55 mm; the scapula does not reach in to the spine; the ilium does, but as a plate many centimetres tall. So a
 rib is a connected piece of bone (> 200 HU) in that band that comes within 32 mm of the curve, reaches at
 least 60 mm from it and is no taller than a few vertebrae; its level is where it meets the spine (the mean
-slice of its innermost 12 mm), and it belongs to the body whose discs enclose that slice.
+slice of its innermost 12 mm). Left and right ribs at one level make a pair, and the pairs are aligned, in
+order, to the bodies (:func:`match_levels_to_bodies`).
 
 Each body then gets, per side, "rib", "no rib" or "not seen" (the band is outside the image on that side).
 """
@@ -31,6 +32,14 @@ RIB_MEDIAL_MM: float = 32.0
 RIB_LATERAL_MM: float = 60.0
 #: Bone taller than this (mm) inside the band is a plate (ilium, scapula), not a rib.
 RIB_MAX_HEIGHT_MM: float = 70.0
+
+#: How far (mm) a rib may fall between the spine and the band's outer edge: the lower ribs fall 20-35 mm.
+#: A body closer than this to the image's lower edge cannot show that it has no rib.
+RIB_FALL_MM: float = 40.0
+#: Aligning rib levels to bodies: a body passed over between two rib levels (a rib pair not found) ...
+LEVEL_GAP_COST: float = 0.5
+#: ... and a rib level left out (a bony bar that is not a rib, or a second level on one body).
+LEVEL_DROP_COST: float = 1.0
 
 SIDES = ("right", "left")
 
@@ -119,13 +128,87 @@ def paraspinal_bones(hu: np.ndarray, spacing: float, chain: BodyChain) -> tuple[
     return sorted(ribs, key=lambda r: r.k), plates
 
 
+def rib_levels(ribs: list[Rib], spacing_k: float) -> list[list[int]]:
+    """The ribs grouped into levels (indices into ``ribs``, sorted by slice): a left and a right rib closer
+    than half a vertebra's height (``spacing_k`` slices) are one pair."""
+    order = sorted(range(len(ribs)), key=lambda n: ribs[n].k)
+    levels: list[list[int]] = []
+    for n in order:
+        last = levels[-1] if levels else None
+        if (last is not None and len(last) == 1 and ribs[last[0]].side != ribs[n].side
+                and ribs[n].k - ribs[last[0]].k < 0.5 * spacing_k):
+            last.append(n)
+        else:
+            levels.append([n])
+    return levels
+
+
+def match_levels_to_bodies(level_k: list[float], chain: BodyChain) -> list[Optional[int]]:
+    """The body of each rib level: a monotone alignment of the levels to the bodies (dynamic programme).
+
+    Rib levels and bodies are two regular sequences one vertebra apart; where a rib meets the spine, at the
+    disc above its body (ribs 2-9) or at the body itself, differs along the spine and with slice thickness,
+    so a rib near a disc is ambiguous on its own. Aligned as a whole (each level to its own body, in order;
+    ``(offset / body height)²`` per level, ``LEVEL_GAP_COST`` per body passed over between two levels, a
+    level left out for ``LEVEL_DROP_COST``), the sequence decides it.
+    """
+    n_l, n_b = len(level_k), len(chain.bodies)
+    if n_l == 0 or n_b == 0:
+        return [None] * n_l
+    centre = np.array([b.position[0] for b in chain.bodies])
+    height = np.array([max(b.bottom - b.top, 1.0) for b in chain.bodies])
+    inf = float("inf")
+    # best[l][b]: cost of levels 0..l with level l on body b; drop[l]: best cost with level l left out.
+    best = np.full((n_l, n_b), inf)
+    back: dict[tuple[int, int], Optional[tuple[int, int]]] = {}
+    for lv in range(n_l):
+        match = ((level_k[lv] - centre) / height) ** 2
+        for b in range(n_b):
+            if match[b] > 1.0:  # more than a body's height away: not this body
+                continue
+            options = [(LEVEL_DROP_COST * lv, None)]  # every earlier level left out
+            for pl in range(lv):
+                dropped = LEVEL_DROP_COST * (lv - pl - 1)
+                for pb in range(b):
+                    if best[pl, pb] < inf:
+                        options.append((best[pl, pb] + dropped + LEVEL_GAP_COST * (b - pb - 1), (pl, pb)))
+            cost, prev = min(options, key=lambda o: o[0])
+            best[lv, b] = cost + match[b]
+            back[(lv, b)] = prev
+    totals = [(best[lv, b] + LEVEL_DROP_COST * (n_l - 1 - lv), lv, b) for lv in range(n_l) for b in range(n_b)
+              if best[lv, b] < inf]
+    out: list[Optional[int]] = [None] * n_l
+    if not totals:
+        return out
+    _, lv, b = min(totals)
+    node: Optional[tuple[int, int]] = (lv, b)
+    while node is not None:
+        out[node[0]] = node[1]
+        node = back[node]
+    return out
+
+
 def survey_ribs(hu_shape: tuple, spacing: float, chain: BodyChain, ribs: list[Rib]) -> RibSurvey:
     """Assign ``ribs`` to the bodies of ``chain`` and record, per body and side, "rib", "none" or "unseen"."""
     survey = RibSurvey(state=[{side: "unseen" for side in SIDES} for _ in chain.bodies])
-    for rib in ribs:
-        survey.ribs.append(Rib(rib.side, rib.k, chain.body_at(rib.k), rib.reach_mm, rib.descent_mm))
-    # Which sides were seen: the band's outer part lies inside the image at the body's level.
+    if chain.bodies:
+        heights = [b.bottom - b.top for b in chain.bodies if not b.partial] or [b.bottom - b.top for b in chain.bodies]
+        levels = rib_levels(ribs, float(np.median(heights)))
+        bodies_of = match_levels_to_bodies([float(np.mean([ribs[n].k for n in lv])) for lv in levels], chain)
+        body_of_rib = {n: b for lv, b in zip(levels, bodies_of) for n in lv}
+    else:
+        body_of_rib = {}
+    for n, rib in enumerate(ribs):
+        survey.ribs.append(Rib(rib.side, rib.k, body_of_rib.get(n), rib.reach_mm, rib.descent_mm))
+    # Which sides were seen: the band's outer part lies inside the image at the body's level, and far enough
+    # below it for a rib that falls as it runs out.
+    # A body cut by the image's upper edge (its upper endplate, where a rib head sits, not in the image)
+    # cannot show that it has no rib.
     for b, body in enumerate(chain.bodies):
+        if body.position[0] - 0.5 * (body.bottom - body.top) < 0:
+            continue
+        if body.bottom + RIB_FALL_MM / spacing > hu_shape[0] - 1:
+            continue
         i_centre = float(np.interp(body.position[0], chain.curve_k, chain.curve_i))
         for side, sign in (("left", 1.0), ("right", -1.0)):
             outer = i_centre + sign * RIB_LATERAL_MM / spacing

@@ -13,6 +13,11 @@ unsure it leaves bodies out. A radiologist counts bodies instead, so we first fi
    bridges one missed disc where two spacings fit better than one;
 4. a body lies between two consecutive discs; the partly seen bodies above the first and below the last
    disc are kept when the network has a point there.
+
+Where the network's own result reads as one plausible spine (:func:`network_is_self_consistent`: consecutive
+names, sure, typically spaced; the rule on generated CTs) its points are the bodies instead
+(:func:`chain_from_network`): the profile is fooled by bodies darker in the middle than at their endplates
+(osteoporotic bone, and the generator's CTs), the network's places are not.
 """
 
 from collections.abc import Sequence
@@ -34,6 +39,10 @@ CURVE_MIN_CONFIDENCE: float = 0.1
 SPACING_WEIGHT: float = 8.0
 #: Extra cost of bridging one missed disc (the gap then holds two bodies).
 MISSED_DISC_COST: float = 1.5
+#: Every point of a self-consistent network result is at least this sure (:func:`network_is_self_consistent`).
+SELF_CONSISTENT_CONFIDENCE: float = 0.5
+#: Steps from these labels (C1 -> C2, S1 -> S2) are left out of the self-consistency check.
+UNEVEN_STEP_LABELS: tuple[int, ...] = (0, 24)
 
 
 
@@ -239,3 +248,63 @@ def chain_from_candidates(hu: np.ndarray, spacing: float, candidates: Sequence,
     labels = np.array([c.label for c in candidates], dtype=float)
     weights = np.array([c.confidence for c in candidates], dtype=float)
     return find_bodies(hu, spacing, points, labels, weights, extra_k)
+
+
+def network_is_self_consistent(chosen: Sequence, spacing: float) -> bool:
+    """Whether the network's own result reads as one plausible spine: at least three points, every point
+    fairly sure, and the steps between them (a step over a missing level counted as two) the typical ones
+    for their levels, scaled to the patient (each within 35 % of the median step, the median within
+    0.75-1.3 of the typical). On the generated CTs it was trained on this is the rule; on real chest CTs
+    whose names drift it is not (unsure points, points a level and a half apart)."""
+    pts = sorted(chosen, key=lambda c: c.label)
+    if len(pts) < 3 or any(c.confidence < SELF_CONSISTENT_CONFIDENCE for c in pts):
+        return False
+    # C1 has no body and S1-S2 are fused: their centres are not a body's step apart.
+    ratios = np.array([abs(b.position[0] - a.position[0]) * spacing / sum(TYPICAL_SPACING_MM[a.label:b.label])
+                       for a, b in zip(pts, pts[1:]) if a.label not in UNEVEN_STEP_LABELS])
+    if len(ratios) < 2:
+        return False
+    scale = float(np.median(ratios))
+    return 0.75 <= scale <= 1.3 and bool(np.all(np.abs(ratios / scale - 1.0) <= 0.35))
+
+
+def chain_from_network(hu_shape: Sequence[int], spacing: float, candidates: Sequence, chosen: Sequence,
+                       extra_k: Sequence[float] = ()) -> BodyChain:
+    """The chain of bodies at the network's own points (for a self-consistent result), with a body put in
+    for each level it left out between two of them, on the spine curve through all its candidates; a partly
+    seen body is added beyond either end where a rib meets the spine there (``extra_k``)."""
+    points = np.array([c.position for c in candidates], dtype=float)
+    weights = np.array([c.confidence for c in candidates], dtype=float)
+    keep = weights >= CURVE_MIN_CONFIDENCE
+    pts = sorted(chosen, key=lambda c: c.label)
+    centres = []
+    for a, b in zip(pts, pts[1:]):  # a level the network left out lies in between, by the typical steps
+        centres.append(float(a.position[0]))
+        for missing in range(a.label + 1, b.label):
+            share = sum(TYPICAL_SPACING_MM[a.label:missing]) / sum(TYPICAL_SPACING_MM[a.label:b.label])
+            centres.append(float(a.position[0] + share * (b.position[0] - a.position[0])))
+    centres.append(float(pts[-1].position[0]))
+    margin = 40.0 / spacing
+    k_lo = max(0.0, min(centres) - margin)
+    k_hi = min(hu_shape[0] - 1.0, max(centres) + margin)
+    ks, js, is_ = spine_curve(points[keep], weights[keep], (k_lo, k_hi), spacing)
+    chain = BodyChain(curve_k=ks, curve_j=js, curve_i=is_)
+    step_top = centres[1] - centres[0]
+    step_bottom = centres[-1] - centres[-2]
+    extra = np.asarray(extra_k, dtype=float)
+    if np.any((extra < centres[0] - 0.5 * step_top) & (extra > centres[0] - 1.5 * step_top)):
+        centres.insert(0, centres[0] - step_top)
+        step_top = None
+    if np.any((extra > centres[-1] + 0.5 * step_bottom) & (extra < centres[-1] + 1.5 * step_bottom)):
+        centres.append(centres[-1] + step_bottom)
+        step_bottom = None
+    edges = [centres[0] - 0.5 * (centres[1] - centres[0])]
+    edges += [0.5 * (a + b) for a, b in zip(centres, centres[1:])]
+    edges += [centres[-1] + 0.5 * (centres[-1] - centres[-2])]
+    for n, k in enumerate(centres):
+        j, i = chain.curve_at(k)
+        partial = (n == 0 and step_top is None) or (n == len(centres) - 1 and step_bottom is None)
+        chain.bodies.append(Body(np.array([k, j, i]), max(edges[n], 0.0), min(edges[n + 1], hu_shape[0] - 1.0),
+                                 partial=partial))
+    chain.discs = edges[1:-1]
+    return chain

@@ -28,8 +28,7 @@ from typing import Optional
 import numpy as np
 
 from .anchors import RibSurvey, find_ribs, survey_ribs
-from .bodies import BodyChain, chain_from_candidates
-from .defaults import LOW_CONFIDENCE
+from .bodies import BodyChain, chain_from_candidates, chain_from_network, network_is_self_consistent
 from .spine_orientation import orientation_problems
 from .vertebrae import NAME_TO_INDEX, NUM_VERTEBRAE, TYPICAL_SPACING_MM, VERTEBRA_NAMES
 
@@ -44,9 +43,10 @@ NETWORK_ANCHOR_WEIGHT: float = 3.0
 NETWORK_ANCHOR_MIN: float = 0.7
 #: Score of naming the body that carries the first rib pair T1 and the one that carries the last pair T12
 #: (half for a rib seen on one side only): where an anchor is in view it decides the names near it.
-RIB_ANCHOR_WEIGHT: float = 3.0
-#: A rib anchor that overrides a sure network reaches at least this far from the spine (mm) on both sides.
-STRONG_RIB_REACH_MM: float = 70.0
+RIB_ANCHOR_WEIGHT: float = 6.0
+#: The names change from the network's only when the count from a rib anchor scores at least this much
+#: better than the best count that keeps the network's names (a body's worth of sure rib evidence is 1.5).
+OVERRIDE_MARGIN: float = 3.0
 #: Cost per (log of spacing / typical spacing)² between consecutive named bodies.
 SPACING_WEIGHT: float = 4.0
 #: Leaving a body of the chain unnamed (a body split in two by a dip inside it).
@@ -79,6 +79,8 @@ class Naming:
     notes: list[str] = field(default_factory=list)
     certainty: float = 0.0
     anchor_bodies: dict[str, tuple[int, int]] = field(default_factory=dict)
+    margin: float = 0.0  # how much better the names score than the best names that keep the network's
+    agreeing: list[str] = field(default_factory=list)
 
 
 #: A network point further than this (mm, in-plane) from the spine curve is not on the body (a vote in the
@@ -89,6 +91,20 @@ MAX_OFF_CURVE_MM: float = 20.0
 def _off_curve_mm(chain: BodyChain, position: np.ndarray, spacing: float) -> float:
     j, i = chain.curve_at(float(position[0]))
     return float(np.hypot(position[1] - j, position[2] - i) * spacing)
+
+
+def _network_counts_from(by_network: dict[int, set], body: int, label: int) -> bool:
+    """Whether the network names every body it placed a point on as counting from ``label`` at ``body``."""
+    return bool(by_network) and all(label + b - body in labels for b, labels in by_network.items())
+
+
+def _network_names_by_body(chain: BodyChain, chosen: Sequence) -> dict[int, set]:
+    out: dict[int, set] = {}
+    for c in chosen:
+        b = chain.body_at(float(c.position[0]))
+        if b is not None:
+            out.setdefault(b, set()).add(int(c.label))
+    return out
 
 
 def network_scores(chain: BodyChain, candidates: Sequence, spacing: float) -> np.ndarray:
@@ -211,7 +227,7 @@ def viterbi(emit: np.ndarray, centres_mm: np.ndarray, scale: float) -> tuple[flo
 
 
 def name_chain(chain: BodyChain, candidates: Sequence, spacing: float,
-               survey: Optional[RibSurvey] = None) -> Optional[Naming]:
+               survey: Optional[RibSurvey] = None, chosen: Sequence = ()) -> Optional[Naming]:
     """Names for the bodies of ``chain``; None when no anchor is in view (then the network decides)."""
     n = len(chain.bodies)
     if n == 0:
@@ -224,8 +240,16 @@ def name_chain(chain: BodyChain, candidates: Sequence, spacing: float,
     centres_mm = np.array([b.position[0] for b in chain.bodies]) * spacing
     emit = emission_scores(net, survey)
     score, path, marginals = max((viterbi(emit, centres_mm, s) for s in SCALES), key=lambda r: r[0])
+    # The best naming that keeps the network's own names on the bodies it placed a point on: how much better
+    # the free naming scores says how strongly the anchors and the count contradict the network.
+    kept = emit.copy()
+    for b, labels in _network_names_by_body(chain, chosen).items():
+        others = np.ones(NUM_VERTEBRAE, dtype=bool)
+        others[list(labels)] = False
+        kept[b, others] = -1e6
+    network_score = max(viterbi(kept, centres_mm, s)[0] for s in SCALES) if chosen else score
     _, net_path, _ = max((viterbi(net, centres_mm, s) for s in SCALES), key=lambda r: r[0])
-    naming = Naming()
+    naming = Naming(margin=max(0.0, score - network_score))
     named = dict(path)
 
     # The anchors in view: the body each names, and the name it gives that body.
@@ -240,6 +264,7 @@ def name_chain(chain: BodyChain, candidates: Sequence, spacing: float,
         naming.anchors.append(f"{what}: {VERTEBRA_NAMES[lab]} at body {b + 1} of {n}")
     naming.anchor_bodies = dict(anchors)
     agreeing = {what: ab for what, (ab, lab) in anchors.items() if named.get(ab) == lab}
+    naming.agreeing = list(agreeing)
 
     share = np.exp(marginals - marginals.max(axis=1, keepdims=True))
     share /= share.sum(axis=1, keepdims=True)
@@ -337,73 +362,33 @@ class AnchoredResult:
     orientation_problems: list[str] = field(default_factory=list)
 
 
-def rib_anchors_disagree(naming: Naming, chain: BodyChain, chosen: Sequence) -> list[str]:
-    """The rib anchors whose body holds a network point of another name (and none of the anchor's name)."""
-    against = []
-    for what, (b, label) in naming.anchor_bodies.items():
-        if what not in ("first rib pair", "last rib pair"):
-            continue
-        body = chain.bodies[b]
-        here = [c.label for c in chosen if body.top <= c.position[0] <= body.bottom]
-        if here and label not in here:
-            against.append(what)
-    return against
-
-
-def strong_rib_anchor(what: str, b: int, chain: BodyChain, survey: RibSurvey) -> bool:
-    """Whether a rib anchor is beyond doubt: a rib on both sides, long (>= ``STRONG_RIB_REACH_MM``), meeting
-    the spine well inside its body (not at a disc, where the body it belongs to is a guess), and a whole body
-    beyond it, seen on both sides, without a rib."""
-    body = chain.bodies[b]
-    ribs = [r for r in survey.ribs if r.body == b]
-    if {r.side for r in ribs} != {"left", "right"} or min(r.reach_mm for r in ribs) < STRONG_RIB_REACH_MM:
-        return False
-    k = float(np.mean([r.k for r in ribs]))
-    height = body.bottom - body.top
-    if not body.top + 0.2 * height <= k <= body.bottom - 0.2 * height:
-        return False
-    beyond = b - 1 if what == "first rib pair" else b + 1
-    if not 0 <= beyond < len(chain.bodies) or chain.bodies[beyond].partial:
-        return False
-    return all(v == "none" for v in survey.state[beyond].values())
-
-
-def clear_rib_anchor(b: int, survey: RibSurvey) -> bool:
-    """Whether a rib anchor is clear enough to correct a network in doubt: ribs on both sides, or one long
-    rib (>= ``STRONG_RIB_REACH_MM``)."""
-    ribs = [r for r in survey.ribs if r.body == b]
-    return len({r.side for r in ribs}) == 2 or any(r.reach_mm >= STRONG_RIB_REACH_MM for r in ribs)
-
-
-def network_in_doubt(chosen: Sequence) -> bool:
-    """Whether the network's own result says it is unsure: levels missing between labeled ones, or a point
-    below the low-confidence mark (the review notes the user sees)."""
-    labels = sorted(c.label for c in chosen)
-    gaps = any(b - a > 1 for a, b in zip(labels, labels[1:]))
-    return gaps or any(c.confidence < LOW_CONFIDENCE for c in chosen)
-
-
 def anchored_labels(hu: np.ndarray, spacing: float, candidates: Sequence, chosen: Sequence,
                     min_position_confidence: float = 0.3) -> AnchoredResult:
     """Find the bodies and the ribs, name the chain, and decide whether the names change.
 
-    The network's own names stand where no anchor is in view or where the ribs agree with them: on the
-    generated CTs it was trained on it is right 97-98 % of the time, and the chain of bodies found from the
-    HU profile is not always as good as its points. Where a rib anchor contradicts the network's name at
-    its body (the network names real thoracic spines a level or more off), the names come from the chain:
-    when the network itself is in doubt (a level missing between labeled ones, a point of low confidence),
-    a clear anchor decides (:func:`clear_rib_anchor`); when it is sure and complete, only an anchor beyond doubt
-    (:func:`strong_rib_anchor`) does.
+    The chain is the network's own points where its result reads as one plausible spine (the rule on the
+    generated CTs it was trained on), else the bodies found from the HU profile. The names change from the
+    network's only where the count from a rib anchor (first or last rib pair) scores at least
+    ``OVERRIDE_MARGIN`` better than the best count that keeps the network's names (the network names real
+    thoracic spines a level or more off, and is sure of it), and not where the two rib pairs contradict each
+    other and the network's names are the count from one of them. Where the names stand and the count agrees,
+    bodies the network left without a point are added.
 
     Each named body is placed at the network's point of its name inside it (a partly seen end body: or
     within 30 % of its height beyond its guessed discs), else at the surest network point of any name
     inside it (the network places points on bodies well even where it names them wrong), else at the body's
     centre on the spine curve.
     """
-    chain = chain_from_candidates(hu, spacing, candidates)
-    ribs = find_ribs(hu, spacing, chain)
-    if chain.bodies and any(r.k < chain.bodies[0].top or r.k > chain.bodies[-1].bottom for r in ribs):
-        chain = chain_from_candidates(hu, spacing, candidates, extra_k=[r.k for r in ribs])
+    if network_is_self_consistent(chosen, spacing):
+        chain = chain_from_network(hu.shape, spacing, candidates, chosen)
+        ribs = find_ribs(hu, spacing, chain)
+        if any(r.k < chain.bodies[0].top or r.k > chain.bodies[-1].bottom for r in ribs):
+            chain = chain_from_network(hu.shape, spacing, candidates, chosen, extra_k=[r.k for r in ribs])
+    else:
+        chain = chain_from_candidates(hu, spacing, candidates)
+        ribs = find_ribs(hu, spacing, chain)
+        if chain.bodies and any(r.k < chain.bodies[0].top or r.k > chain.bodies[-1].bottom for r in ribs):
+            chain = chain_from_candidates(hu, spacing, candidates, extra_k=[r.k for r in ribs])
     survey = survey_ribs(hu.shape, spacing, chain, ribs)
     problems = orientation_problems(hu, spacing, chain, ribs)
     if problems:
@@ -414,21 +399,34 @@ def anchored_labels(hu: np.ndarray, spacing: float, candidates: Sequence, chosen
 def decide_names(chain: BodyChain, survey: RibSurvey, candidates: Sequence, chosen: Sequence, spacing: float,
                  min_position_confidence: float = 0.3) -> AnchoredResult:
     """The decision of :func:`anchored_labels` once the bodies and ribs are found (no image needed)."""
-    naming = name_chain(chain, candidates, spacing, survey)
+    naming = name_chain(chain, candidates, spacing, survey, chosen)
     if naming is None:
         return AnchoredResult(None, Naming(notes=[NO_ANCHOR_NOTE]), chain)
-    against = rib_anchors_disagree(naming, chain, chosen)
-    if network_in_doubt(chosen):
-        against = [what for what in against if clear_rib_anchor(naming.anchor_bodies[what][0], survey)]
-    else:  # a sure, complete network result gives way only to a rib anchor beyond doubt
-        against = [what for what in against if strong_rib_anchor(what, naming.anchor_bodies[what][0], chain, survey)]
+    against = [what for what in naming.agreeing if what in ("first rib pair", "last rib pair")]
+    if naming.margin < OVERRIDE_MARGIN:
+        against = []
+    bodies_at = naming.anchor_bodies
+    if "first rib pair" in bodies_at and "last rib pair" in bodies_at:
+        span = bodies_at["last rib pair"][0] - bodies_at["first rib pair"][0] + 1
+        by_network = _network_names_by_body(chain, chosen)
+        sides_with = [what for what in ("first rib pair", "last rib pair")
+                      if _network_counts_from(by_network, *bodies_at[what])]
+        if span != 12 and sides_with:
+            # The two rib anchors contradict each other (a rib pair not found, or transitional anatomy) and the
+            # network's names are the count from one of them: that anchor supports them, so they stand.
+            against = []
+            naming.notes.append(f"The first and the last rib pair are {span} vertebrae apart, not 12; the "
+                                f"network's names agree with the {sides_with[0]} and stand. Check the thoracic "
+                                "levels.")
     if not against:
-        agreeing = [what for what in naming.anchor_bodies]
-        basis = "network; agrees with " + " and ".join(agreeing)
+        by_network = _network_names_by_body(chain, chosen)
+        agreeing = [what for what, (b, lab) in bodies_at.items() if lab in by_network.get(b, ())]
+        basis = "network; agrees with " + " and ".join(agreeing) if agreeing else "network only"
         added = _bodies_the_network_left_out(naming, chain, candidates, chosen, spacing, min_position_confidence)
-        return AnchoredResult(None, Naming(anchors=naming.anchors), chain, basis, added)
-    naming.notes.insert(0, f"The network's names disagree with the {' and the '.join(against)}: the levels are "
-                           "counted from the anchors instead.")
+        kept_notes = [note for note in naming.notes if "network's names agree" in note or "rib-bearing" in note]
+        return AnchoredResult(None, Naming(anchors=naming.anchors, notes=kept_notes), chain, basis, added)
+    naming.notes.insert(0, f"The network's names disagree with the count from the {' and the '.join(against)}: "
+                           "the levels are counted from the anchors instead.")
     out = [_place(nb, chain, candidates, spacing, min_position_confidence) for nb in naming.names]
     return AnchoredResult(out, naming, chain)
 
