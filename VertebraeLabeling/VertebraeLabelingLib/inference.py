@@ -18,7 +18,7 @@ from .image_io import is_oblique, read_image, validate_ct
 from .model_io import load_model
 from .network import BLOCK_SHAPE, VertebraeNet
 from .results import LabeledVertebra, LabelingResult
-from .vertebrae import NAME_TO_INDEX, VERTEBRA_NAMES
+from .vertebrae import VERTEBRA_NAMES
 
 ProgressCallback = Callable[[float, str], None]
 CancelCallback = Callable[[], bool]
@@ -147,39 +147,7 @@ def label_ct(
     t3 = time.perf_counter()
     result.timings["network"] = t3 - t2
     _check_cancel(cancel)
-    agg = aggregation.aggregate(predictions, volume.spacing, min_probability, volume.shape)
-    result.probabilities = agg.max_probabilities
-    decision = naming.anchored_labels(volume.hu, volume.spacing, agg.candidates, agg.chosen) if anchors else None
-    if decision is not None and decision.orientation_problems:
-        # Labels on an image whose header contradicts its pixels would be confidently wrong.
-        raise InputImageError(" ".join(decision.orientation_problems))
-    if decision is not None and decision.labels:
-        for lab in decision.labels:
-            result.vertebrae.append(LabeledVertebra(
-                name=VERTEBRA_NAMES[lab.label],
-                position_lps=volume.index_to_lps(lab.position),
-                confidence=float(lab.confidence),
-                basis=lab.basis,
-            ))
-    else:
-        for cand in agg.chosen:
-            result.vertebrae.append(LabeledVertebra(
-                name=VERTEBRA_NAMES[cand.label],
-                position_lps=volume.index_to_lps(cand.position),
-                confidence=float(cand.confidence),
-                basis=decision.network_basis if decision is not None else "network only",
-            ))
-        for lab in decision.added if decision is not None else []:
-            result.vertebrae.append(LabeledVertebra(
-                name=VERTEBRA_NAMES[lab.label],
-                position_lps=volume.index_to_lps(lab.position),
-                confidence=float(lab.confidence),
-                basis=lab.basis,
-            ))
-        result.vertebrae.sort(key=lambda v: NAME_TO_INDEX[v.name])
-    if decision is not None:
-        result.anchors = list(decision.naming.anchors)
-        result.messages.extend(decision.naming.notes)
+    name_vertebrae(result, volume, predictions, min_probability, anchors)
     result.timings["aggregate"] = time.perf_counter() - t3
     result.timings["total"] = time.perf_counter() - t0
     if not result.vertebrae:
@@ -189,9 +157,45 @@ def label_ct(
     return result
 
 
+def name_vertebrae(result: LabelingResult, volume: preprocessing.CanonicalVolume,
+                   predictions: list[aggregation.BlockPrediction], min_probability: float = DEFAULT_MIN_PROBABILITY,
+                   anchors: bool = DEFAULT_ANCHORS) -> None:
+    """From the network's block predictions to named vertebrae in ``result`` (points, anchors, notes).
+
+    The network's votes are clustered into its own result (:mod:`aggregation`); with ``anchors`` the levels
+    are then counted from the ribs, the sacrum and C2 (:mod:`naming`), which may rename them or add bodies
+    the network left out. Raises InputImageError when the spine contradicts the image's orientation.
+    """
+    agg = aggregation.aggregate(predictions, volume.spacing, min_probability, volume.shape)
+    result.probabilities = agg.max_probabilities
+    decision = naming.anchored_labels(volume.hu, volume.spacing, agg.candidates, agg.chosen) if anchors else None
+    if decision is not None and decision.orientation_problems:
+        # Labels on an image whose header contradicts its pixels would be confidently wrong.
+        raise InputImageError(" ".join(decision.orientation_problems))
+    if decision is not None and decision.labels:
+        named = [(lab.label, lab.position, lab.confidence, lab.basis) for lab in decision.labels]
+    else:
+        basis = decision.network_basis if decision is not None else "network only"
+        named = [(c.label, c.position, c.confidence, basis) for c in agg.chosen]
+        named += [(lab.label, lab.position, lab.confidence, lab.basis)
+                  for lab in (decision.added if decision is not None else [])]
+        named.sort(key=lambda item: item[0])
+    for label, position, confidence, basis in named:
+        result.vertebrae.append(LabeledVertebra(
+            name=VERTEBRA_NAMES[label],
+            position_lps=volume.index_to_lps(position),
+            confidence=float(confidence),
+            basis=basis,
+        ))
+    if decision is not None:
+        result.anchors = list(decision.naming.anchors)
+        result.messages.extend(decision.naming.notes)
+
+
 def label_file(path: str, **kwargs) -> LabelingResult:
     """Read a CT file or DICOM folder and label it; keyword arguments go to :func:`label_ct`."""
     return label_ct(read_image(path), **kwargs)
 
 
-__all__ = ["BLOCK_SHAPE", "LabeledVertebra", "LabelingResult", "label_ct", "label_file", "resolve_device"]
+__all__ = ["BLOCK_SHAPE", "LabeledVertebra", "LabelingResult", "label_ct", "label_file", "name_vertebrae",
+           "resolve_device"]

@@ -420,7 +420,11 @@ def decide_names(chain: BodyChain, survey: RibSurvey, candidates: Sequence, chos
                                 "levels.")
     if not against:
         by_network = _network_names_by_body(chain, chosen)
-        agreeing = [what for what, (b, lab) in bodies_at.items() if lab in by_network.get(b, ())]
+        named = {nb.body: nb.label for nb in naming.names}
+        if by_network and all(named.get(b) in labels for b, labels in by_network.items()):
+            agreeing = list(naming.agreeing)  # the count and the network name every body alike
+        else:
+            agreeing = [what for what, (b, lab) in bodies_at.items() if lab in by_network.get(b, ())]
         basis = "network; agrees with " + " and ".join(agreeing) if agreeing else "network only"
         added = _bodies_the_network_left_out(naming, chain, candidates, chosen, spacing, min_position_confidence)
         kept_notes = [note for note in naming.notes if "network's names agree" in note or "rib-bearing" in note]
