@@ -145,11 +145,6 @@ def rib_boundaries(survey: Optional[RibSurvey], n: int) -> tuple[Optional[int], 
 
 
 
-def _typical_mm(upper: int, lower: int) -> float:
-    """Typical centre-to-centre distance (mm) from label ``upper`` down to label ``lower``."""
-    return float(sum(TYPICAL_SPACING_MM[upper:lower]))
-
-
 def emission_scores(net: np.ndarray, survey: Optional[RibSurvey]) -> np.ndarray:
     """(bodies, 26): the evidence of each body for each name (network, ribs, the first and last rib pair)."""
     weight = np.ones(NUM_VERTEBRAE)
@@ -165,64 +160,65 @@ def emission_scores(net: np.ndarray, survey: Optional[RibSurvey]) -> np.ndarray:
     return emit
 
 
+_CUMULATIVE_SPACING_MM = np.concatenate([[0.0], np.cumsum(TYPICAL_SPACING_MM)])
+
+
 def _transition_costs(centres_mm: np.ndarray, scale: float) -> np.ndarray:
     """cost[b, db, l, dl]: from body b named l to body b + db (db 1: next, 2: one left unnamed) named l + dl."""
     n = len(centres_mm)
     cost = np.full((n, 3, NUM_VERTEBRAE, 3), np.inf)
-    for b in range(n):
-        for db in (1, 2):
-            if b + db >= n:
-                continue
-            dist = abs(centres_mm[b + db] - centres_mm[b])
-            for label in range(NUM_VERTEBRAE):
-                for dl in (1, 2):
-                    if label + dl >= NUM_VERTEBRAE:
-                        continue
-                    typical = scale * _typical_mm(label, label + dl)
-                    c = SPACING_WEIGHT * np.log(max(dist, 1e-3) / typical) ** 2
-                    c += DROP_COST * (db - 1) + SKIP_COST * (dl - 1)
-                    cost[b, db, label, dl] = c
+    labels = np.arange(NUM_VERTEBRAE)
+    for db in (1, 2):
+        if n <= db:
+            continue
+        dist = np.maximum(np.abs(centres_mm[db:] - centres_mm[:-db]), 1e-3)  # (n - db,)
+        for dl in (1, 2):
+            ok = labels + dl < NUM_VERTEBRAE
+            typical = scale * (_CUMULATIVE_SPACING_MM[labels[ok] + dl] - _CUMULATIVE_SPACING_MM[labels[ok]])
+            c = SPACING_WEIGHT * np.log(dist[:, None] / typical[None, :]) ** 2
+            cost[: n - db, db, ok, dl] = c + DROP_COST * (db - 1) + SKIP_COST * (dl - 1)
     return cost
 
 
 def viterbi(emit: np.ndarray, centres_mm: np.ndarray, scale: float) -> tuple[float, list[tuple[int, int]], np.ndarray]:
     """Best naming of the chain: (score, [(body, label)], max-marginals (bodies, 26))."""
-    n = emit.shape[0]
+    n, m = emit.shape
     cost = _transition_costs(centres_mm, scale)
     start = -END_COST * np.arange(n)          # bodies above the first named one are left unnamed
     end = -END_COST * (n - 1 - np.arange(n))  # and those below the last
-    fwd = np.full((n, NUM_VERTEBRAE), -np.inf)
-    back: dict[tuple[int, int], tuple[int, int]] = {}
+    fwd = np.full((n, m), -np.inf)
+    arg_b = np.full((n, m), -1)
+    arg_l = np.full((n, m), -1)
     for b in range(n):
-        for label in range(NUM_VERTEBRAE):
-            best, arg = start[b], None
-            for db in (1, 2):
-                for dl in (1, 2):
-                    pb, pl = b - db, label - dl
-                    if pb < 0 or pl < 0:
-                        continue
-                    v = fwd[pb, pl] - cost[pb, db, pl, dl]
-                    if v > best:
-                        best, arg = v, (pb, pl)
-            fwd[b, label] = emit[b, label] + best
-            if arg is not None:
-                back[(b, label)] = arg
-    bwd = np.full((n, NUM_VERTEBRAE), -np.inf)
+        best = np.full(m, start[b])
+        for db in (1, 2):
+            if b - db < 0:
+                continue
+            for dl in (1, 2):
+                v = np.full(m, -np.inf)
+                v[dl:] = fwd[b - db, :-dl] - cost[b - db, db, :-dl, dl]
+                better = v > best
+                best[better] = v[better]
+                arg_b[b, better] = b - db
+                arg_l[b, better] = np.arange(m)[better] - dl
+        fwd[b] = emit[b] + best
+    bwd = np.full((n, m), -np.inf)
     for b in range(n - 1, -1, -1):
-        for label in range(NUM_VERTEBRAE):
-            best = end[b]
-            for db in (1, 2):
-                for dl in (1, 2):
-                    nb, nl = b + db, label + dl
-                    if nb >= n or nl >= NUM_VERTEBRAE:
-                        continue
-                    best = max(best, bwd[nb, nl] + emit[nb, nl] - cost[b, db, label, dl])
-            bwd[b, label] = best
+        best = np.full(m, end[b])
+        for db in (1, 2):
+            if b + db >= n:
+                continue
+            for dl in (1, 2):
+                v = np.full(m, -np.inf)
+                v[:-dl] = bwd[b + db, dl:] + emit[b + db, dl:] - cost[b, db, :-dl, dl]
+                best = np.maximum(best, v)
+        bwd[b] = best
     total = fwd + end[:, None]
-    b, label = np.unravel_index(int(np.argmax(total)), total.shape)
-    path = [(int(b), int(label))]
-    while path[-1] in back:
-        path.append(back[path[-1]])
+    b, label = (int(x) for x in np.unravel_index(int(np.argmax(total)), total.shape))
+    path = [(b, label)]
+    while arg_b[b, label] >= 0:
+        b, label = int(arg_b[b, label]), int(arg_l[b, label])
+        path.append((b, label))
     return float(total.max()), path[::-1], fwd + bwd
 
 
