@@ -41,6 +41,8 @@ SPACING_WEIGHT: float = 8.0
 MISSED_DISC_COST: float = 1.5
 #: Every point of a self-consistent network result is at least this sure (:func:`network_is_self_consistent`).
 SELF_CONSISTENT_CONFIDENCE: float = 0.5
+#: A point below this confidence may be left out (one at most) to make the network's result self-consistent.
+OUTLIER_CONFIDENCE: float = 0.8
 #: Steps from these labels (C1 -> C2, S1 -> S2) are left out of the self-consistency check.
 UNEVEN_STEP_LABELS: tuple[int, ...] = (0, 24)
 
@@ -266,6 +268,20 @@ def network_is_self_consistent(chosen: Sequence, spacing: float) -> bool:
         return False
     scale = float(np.median(ratios))
     return 0.75 <= scale <= 1.3 and bool(np.all(np.abs(ratios / scale - 1.0) <= 0.35))
+
+
+def self_consistent_points(chosen: Sequence, spacing: float) -> Optional[list]:
+    """The network's points if they read as one plausible spine (:func:`network_is_self_consistent`), or
+    without the one unsure point (below ``OUTLIER_CONFIDENCE``) that alone breaks it (that level is then
+    put in between its neighbours); None otherwise."""
+    if network_is_self_consistent(chosen, spacing):
+        return list(chosen)
+    unsure = sorted((c for c in chosen if c.confidence < OUTLIER_CONFIDENCE), key=lambda c: c.confidence)
+    for drop in unsure:
+        rest = [c for c in chosen if c is not drop]
+        if network_is_self_consistent(rest, spacing):
+            return rest
+    return None
 
 
 def chain_from_network(hu_shape: Sequence[int], spacing: float, candidates: Sequence, chosen: Sequence,

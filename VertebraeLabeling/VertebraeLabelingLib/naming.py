@@ -28,7 +28,7 @@ from typing import Optional
 import numpy as np
 
 from .anchors import RibSurvey, find_ribs, survey_ribs
-from .bodies import BodyChain, chain_from_candidates, chain_from_network, network_is_self_consistent
+from .bodies import BodyChain, chain_from_candidates, chain_from_network, self_consistent_points
 from .spine_orientation import orientation_problems
 from .vertebrae import NAME_TO_INDEX, NUM_VERTEBRAE, TYPICAL_SPACING_MM, VERTEBRA_NAMES
 
@@ -375,11 +375,12 @@ def anchored_labels(hu: np.ndarray, spacing: float, candidates: Sequence, chosen
     inside it (the network places points on bodies well even where it names them wrong), else at the body's
     centre on the spine curve.
     """
-    if network_is_self_consistent(chosen, spacing):
-        chain = chain_from_network(hu.shape, spacing, candidates, chosen)
+    consistent = self_consistent_points(chosen, spacing)
+    if consistent is not None:
+        chain = chain_from_network(hu.shape, spacing, candidates, consistent)
         ribs = find_ribs(hu, spacing, chain)
         if any(r.k < chain.bodies[0].top or r.k > chain.bodies[-1].bottom for r in ribs):
-            chain = chain_from_network(hu.shape, spacing, candidates, chosen, extra_k=[r.k for r in ribs])
+            chain = chain_from_network(hu.shape, spacing, candidates, consistent, extra_k=[r.k for r in ribs])
     else:
         chain = chain_from_candidates(hu, spacing, candidates)
         ribs = find_ribs(hu, spacing, chain)
@@ -402,6 +403,15 @@ def decide_names(chain: BodyChain, survey: RibSurvey, candidates: Sequence, chos
     if naming.margin < OVERRIDE_MARGIN:
         against = []
     bodies_at = naming.anchor_bodies
+    by_network = _network_names_by_body(chain, chosen)
+    backing = [what for what in bodies_at if what not in naming.agreeing
+               and _network_counts_from(by_network, *bodies_at[what])]
+    if against and backing:
+        # An anchor the count does not follow backs the network's names (they are the count from it): the
+        # anchors contradict each other, and the network's names have one on their side.
+        against = []
+        naming.notes.append(f"The anchors disagree; the network's names agree with the {backing[0]} and stand. "
+                            "Check the levels.")
     if "first rib pair" in bodies_at and "last rib pair" in bodies_at:
         span = bodies_at["last rib pair"][0] - bodies_at["first rib pair"][0] + 1
         by_network = _network_names_by_body(chain, chosen)
