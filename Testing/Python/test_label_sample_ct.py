@@ -150,4 +150,4 @@ def test_the_partly_seen_t12_is_found_under_the_last_rib_pair_and_the_names_say_
     assert any(a.startswith("the sacrum: S1") for a in sample_result.anchors), sample_result.anchors
     assert by_name["T12"].basis == "last rib pair"
     assert by_name["T12"].position_lps[2] > by_name["L1"].position_lps[2] + 15.0  # above L1, by about a level
-    assert by_name["L3"].basis == "network; agrees with last rib pair and the sacrum"
+    assert by_name["L3"].basis == "network; agrees with the last rib pair and the sacrum"

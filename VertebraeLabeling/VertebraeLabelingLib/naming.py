@@ -274,6 +274,11 @@ def name_chain(chain: BodyChain, candidates: Sequence, spacing: float,
     return naming
 
 
+def _the(anchor: str) -> str:
+    """"first rib pair" -> "the first rib pair"; "the sacrum" and "C2" stay as they are."""
+    return anchor if anchor.startswith("the ") or anchor == "C2" else f"the {anchor}"
+
+
 def _basis(b: int, agreeing: dict[str, int]) -> Optional[str]:
     """How body ``b``'s name was reached: the nearest anchor (in bodies) that the names agree with."""
     if not agreeing:
@@ -281,7 +286,7 @@ def _basis(b: int, agreeing: dict[str, int]) -> Optional[str]:
     dist, what = min((abs(b - ab), what) for what, ab in agreeing.items())
     if dist == 0:
         return what.replace("the ", "")
-    return f"counted from {what}"
+    return f"counted from {_the(what)}"
 
 
 def _notes(naming: Naming, path: list[tuple[int, int]], anchors: dict[str, tuple[int, int]],
@@ -292,7 +297,7 @@ def _notes(naming: Naming, path: list[tuple[int, int]], anchors: dict[str, tuple
     def name(b: int) -> str:
         return VERTEBRA_NAMES[named[b]] if b in named else f"the unnamed body {b + 1}"
 
-    chosen = " and ".join(agreeing) if agreeing else "the network and the count"
+    chosen = " and ".join(_the(what) for what in agreeing) if agreeing else "the network and the count"
     if first_rib is not None and last_rib is not None:
         count = sum(first_rib <= b <= last_rib for b in ribbed)
         if count != 12:
@@ -302,7 +307,7 @@ def _notes(naming: Naming, path: list[tuple[int, int]], anchors: dict[str, tuple
                 f"{chosen}. Check {name(first_rib)}-{name(last_rib)} and the levels next to them.")
     against = [what for what in anchors if what not in agreeing]
     if against and agreeing:
-        listed = ", ".join(f"{what} ({VERTEBRA_NAMES[anchors[what][1]]} would be {name(anchors[what][0])})"
+        listed = ", ".join(f"{_the(what)} ({VERTEBRA_NAMES[anchors[what][1]]} would be {name(anchors[what][0])})"
                            for what in against)
         naming.notes.append(f"The anchors disagree: named from {chosen}, not from {listed}. Possibly "
                             "transitional anatomy (a lumbosacral transitional vertebra, 11 or 13 rib pairs); "
@@ -410,7 +415,7 @@ def decide_names(chain: BodyChain, survey: RibSurvey, candidates: Sequence, chos
         # An anchor the count does not follow backs the network's names (they are the count from it): the
         # anchors contradict each other, and the network's names have one on their side.
         against = []
-        naming.notes.append(f"The anchors disagree; the network's names agree with the {backing[0]} and stand. "
+        naming.notes.append(f"The anchors disagree; the network's names agree with {_the(backing[0])} and stand. "
                             "Check the levels.")
     if "first rib pair" in bodies_at and "last rib pair" in bodies_at:
         span = bodies_at["last rib pair"][0] - bodies_at["first rib pair"][0] + 1
@@ -422,7 +427,7 @@ def decide_names(chain: BodyChain, survey: RibSurvey, candidates: Sequence, chos
             # network's names are the count from one of them: that anchor supports them, so they stand.
             against = []
             naming.notes.append(f"The first and the last rib pair are {span} vertebrae apart, not 12; the "
-                                f"network's names agree with the {sides_with[0]} and stand. Check the thoracic "
+                                f"network's names agree with {_the(sides_with[0])} and stand. Check the thoracic "
                                 "levels.")
     if not against:
         by_network = _network_names_by_body(chain, chosen)
@@ -431,11 +436,11 @@ def decide_names(chain: BodyChain, survey: RibSurvey, candidates: Sequence, chos
             agreeing = list(naming.agreeing)  # the count and the network name every body alike
         else:
             agreeing = [what for what, (b, lab) in bodies_at.items() if lab in by_network.get(b, ())]
-        basis = "network; agrees with " + " and ".join(agreeing) if agreeing else "network only"
+        basis = "network; agrees with " + " and ".join(_the(w) for w in agreeing) if agreeing else "network only"
         added = _bodies_the_network_left_out(naming, chain, candidates, chosen, spacing, min_position_confidence)
         kept_notes = [note for note in naming.notes if "network's names agree" in note or "rib-bearing" in note]
         return AnchoredResult(None, Naming(anchors=naming.anchors, notes=kept_notes), chain, basis, added)
-    naming.notes.insert(0, f"The network's names disagree with the count from the {' and the '.join(against)}: "
+    naming.notes.insert(0, f"The network's names disagree with the count from {' and '.join(_the(w) for w in against)}: "
                            "the levels are counted from the anchors instead.")
     out = [_place(nb, chain, candidates, spacing, min_position_confidence) for nb in naming.names]
     return AnchoredResult(out, naming, chain)
