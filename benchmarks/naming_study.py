@@ -7,7 +7,7 @@ criterion (``training.metrics``), per case and per region, for generated CTs (se
 transitional variant) and for real CTs with references (``--data SPEC``, as ``training.evaluate``)::
 
     PYTHONPATH=. python -m benchmarks.naming_study --synthetic 200 --seed0 900000 --out OUT
-    PYTHONPATH=. python -m benchmarks.naming_study --synthetic 20 --seed0 910000 --variant 13_ribs --out OUT
+    PYTHONPATH=. python -m benchmarks.naming_study --synthetic 20 --seed0 910000 --variant 13_ribs --full-spine --out OUT
     PYTHONPATH=. python -m benchmarks.naming_study --data verse:.cache/reference_data/plain_chest_ct --out OUT
 
 Writes ``OUT/cases.csv`` (case, arm, identified, total, mean error, notes) and ``OUT/summary.json`` and prints
@@ -46,6 +46,8 @@ def _cases(args):
 
         for seed in range(args.seed0, args.seed0 + args.synthetic):
             options = {"variant": args.variant} if args.variant else {}
+            if args.full_spine:
+                options["full_spine_prob"] = 1.0
             made = generate_case(seed, **options)
             yield f"synthetic_{seed}", (lambda made=made: made.image), dict(made.centroids)
 
@@ -109,6 +111,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--synthetic", type=int, default=0)
     ap.add_argument("--seed0", type=int, default=900000)
     ap.add_argument("--variant", default=None, help="force a transitional variant in every generated case")
+    ap.add_argument("--full-spine", action="store_true", help="generated cases show the whole spine (C1-S2)")
     ap.add_argument("--include-partial", action="store_true",
                     help="score real vertebrae cut by the volume's edge too (e.g. the chest CTA's T12, whose body is "
                          "whole but whose spinous process is cut)")

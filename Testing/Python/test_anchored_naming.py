@@ -193,3 +193,22 @@ def test_a_ct_whose_header_contradicts_its_spine_is_refused_and_nothing_is_writt
     assert code == 1 and not out.exists()
     err = capsys.readouterr().err
     assert says in err and "nothing was labeled" in err, err
+
+
+def test_a_network_sure_of_every_level_but_a_level_high_gives_way_to_both_rib_pairs():
+    """The network's result reads as one plausible spine (sure, complete, evenly spaced) and is one level
+    high throughout, as on real plain chest CTs; the first and the last rib pair are in view. The count from
+    the ribs wins; with only one rib pair in view and a few bodies, the sure network stands."""
+    chain = _chain("C6", 16)
+    truth = {b: VERTEBRA_NAMES[NAME_TO_INDEX["C6"] + b] for b in range(16)}
+    high = {b: VERTEBRA_NAMES[NAME_TO_INDEX[name] - 1] for b, name in truth.items()}
+    points = _network(chain, high, confidence=0.95)
+
+    both = naming.decide_names(chain, _ribs(chain, {b: BOTH for b in range(2, 14)}), points, points, SPACING)
+    assert both.labels is not None
+    assert {VERTEBRA_NAMES[lab.label]: lab.basis for lab in both.labels}["T12"] == "last rib pair"
+
+    short = _chain("C6", 5)  # C6 .. T3, the first rib pair on body 2
+    few = _network(short, {b: VERTEBRA_NAMES[NAME_TO_INDEX["C6"] + b - 1] for b in range(5)}, confidence=0.95)
+    one = naming.decide_names(short, _ribs(short, {b: BOTH for b in range(2, 5)}), few, few, SPACING)
+    assert one.labels is None

@@ -39,6 +39,10 @@ C2, S1 = NAME_TO_INDEX["C2"], NAME_TO_INDEX["S1"]
 RIB_WEIGHT: float = 1.5
 #: How many times the network's S1 and C2 confidences count: the levels radiologists count from.
 NETWORK_ANCHOR_WEIGHT: float = 3.0
+#: How much the network's confidence in a name between T2 and T11 counts: those levels look alike (a
+#: radiologist does not name T7 by its look, but by counting), and on real chest CTs the network names them a
+#: level or more off while sure of it.
+NETWORK_MID_THORACIC_WEIGHT: float = 0.3
 #: The network's S1 / C2 is an anchor (named as such in the notes) at this confidence or above.
 NETWORK_ANCHOR_MIN: float = 0.7
 #: Score of naming the body that carries the first rib pair T1 and the one that carries the last pair T12
@@ -47,6 +51,12 @@ RIB_ANCHOR_WEIGHT: float = 6.0
 #: The names change from the network's only when the count from a rib anchor scores at least this much
 #: better than the best count that keeps the network's names (a body's worth of sure rib evidence is 1.5).
 OVERRIDE_MARGIN: float = 3.0
+#: ... and at least this much better where the network's result reads as one plausible spine
+#: (``bodies.self_consistent_points``): a sure, complete, evenly spaced count gives way to both rib pairs, or to
+#: one against few bodies, not to one rib pair against many (on the generated CTs, whose first ribs the
+#: rib finder places less well than real ones, a network right on C6-T4 was overruled by the first rib pair
+#: at a margin of 4.0; on the real chest CTs, whose networks are not self-consistent, margins were 3.6-14.6).
+OVERRIDE_MARGIN_SELF_CONSISTENT: float = 6.0
 #: Cost per (log of spacing / typical spacing)² between consecutive named bodies.
 SPACING_WEIGHT: float = 4.0
 #: Leaving a body of the chain unnamed (a body split in two by a dip inside it).
@@ -149,6 +159,7 @@ def emission_scores(net: np.ndarray, survey: Optional[RibSurvey]) -> np.ndarray:
     """(bodies, 26): the evidence of each body for each name (network, ribs, the first and last rib pair)."""
     weight = np.ones(NUM_VERTEBRAE)
     weight[[C2, S1]] = NETWORK_ANCHOR_WEIGHT
+    weight[T1 + 1:T12] = NETWORK_MID_THORACIC_WEIGHT
     emit = net * weight[None, :]
     for b in range(net.shape[0]):
         for label in range(NUM_VERTEBRAE):
@@ -405,7 +416,8 @@ def decide_names(chain: BodyChain, survey: RibSurvey, candidates: Sequence, chos
     if naming is None:
         return AnchoredResult(None, Naming(notes=[NO_ANCHOR_NOTE]), chain)
     against = [what for what in naming.agreeing if what in ("first rib pair", "last rib pair")]
-    if naming.margin < OVERRIDE_MARGIN:
+    sure = self_consistent_points(chosen, spacing) is not None
+    if naming.margin < (OVERRIDE_MARGIN_SELF_CONSISTENT if sure else OVERRIDE_MARGIN):
         against = []
     bodies_at = naming.anchor_bodies
     by_network = _network_names_by_body(chain, chosen)

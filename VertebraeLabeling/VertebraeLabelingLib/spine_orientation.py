@@ -28,8 +28,9 @@ AIR_HU: float = -500.0
 #: over the bodies whose whole outline is in view) is in the front half: the image is reversed. Real chest
 #: and abdomen CTs: 0.61-0.65; the same reversed: 0.37-0.39.
 FRONT_HALF: float = 0.45
-#: At least this many bodies with the whole outline in view before judging.
-MIN_OUTLINE_SLICES: int = 3
+#: At least this many bodies with the whole outline in view before judging (generated CTs with a thick
+#: table or an odd body outline gave spine depths of 0.35-0.49 on 3 slices).
+MIN_OUTLINE_SLICES: int = 5
 #: A rib whose outer end (in the band beside the spine) lies this far (mm) above or below its inner end is
 #: steep: the lower ribs fall 20-35 mm there on real CTs, the upper ones rarely more than 12 mm either way.
 STEEP_RIB_MM: float = 18.0
