@@ -95,25 +95,22 @@ def test_a_sure_complete_network_is_not_overruled_by_a_short_one_sided_rib():
     assert decision.network_basis.startswith("network; agrees with")
 
 
-def test_thirteen_rib_bearing_vertebrae_are_named_from_the_surest_anchors_and_said_so():
-    """T1-T12 plus a rib pair on L1 (13 pairs), whole spine in view with the sacrum. The network is unsure
-    in the middle. The names follow the first rib pair and the sacrum; the note names the count."""
+def test_thirteen_rib_bearing_vertebrae_leave_the_network_s_names_and_say_what_to_check():
+    """T1-T12 plus a rib pair on L1 (13 pairs), whole spine in view with the sacrum. The first and the last rib
+    pair are 13 vertebrae apart: the anchors contradict each other (transitional anatomy, or a bony bar taken
+    for a rib), so no count overrules the network; the notes name the count and what to check."""
     chain = _chain("C6", 21)  # C6 .. S1
     truth = {b: VERTEBRA_NAMES[NAME_TO_INDEX["C6"] + b] for b in range(21)}
-    known = {b: n for b, n in truth.items() if n in ("C6", "C7", "T1", "L4", "L5", "S1")}
-    known[15] = "T11"  # the network names L1 (which carries a rib) T12 and T12 T11: it shifted
-    known[14] = "T10"
-    points = _network(chain, known)
+    points = _network(chain, {b: n for b, n in truth.items() if b not in (9, 10)})
     points[0].confidence = 0.35
     survey = _ribs(chain, {b: BOTH for b in range(2, 15)})  # T1 .. L1
 
     decision = naming.decide_names(chain, survey, points, points, SPACING)
 
-    assert decision.labels is not None
-    got = {VERTEBRA_NAMES[lab.label]: lab for lab in decision.labels}
-    assert got["S1"].basis == "sacrum" and got["T1"].basis == "first rib pair"
-    np.testing.assert_allclose(got["L1"].position, chain.bodies[14].position)  # the 13th rib-bearing body
-    assert any(note.startswith("13 rib-bearing vertebrae") for note in decision.naming.notes), decision.naming.notes
+    assert decision.labels is None  # the network's names stand
+    notes = " ".join(decision.naming.notes)
+    assert "13 rib-bearing vertebrae" in notes and "T13 or a lumbar rib" in notes, notes
+    assert "Check T1-L1" in notes, notes
 
 
 def test_without_an_anchor_in_view_the_network_decides_and_says_so():

@@ -420,27 +420,16 @@ def decide_names(chain: BodyChain, survey: RibSurvey, candidates: Sequence, chos
     if naming.margin < (OVERRIDE_MARGIN_SELF_CONSISTENT if sure else OVERRIDE_MARGIN):
         against = []
     bodies_at = naming.anchor_bodies
-    by_network = _network_names_by_body(chain, chosen)
-    backing = [what for what in bodies_at if what not in naming.agreeing
-               and _network_counts_from(by_network, *bodies_at[what])]
-    if against and backing:
-        # An anchor the count does not follow backs the network's names (they are the count from it): the
-        # anchors contradict each other, and the network's names have one on their side.
+    ignored = [what for what in bodies_at if what not in naming.agreeing]
+    span = (bodies_at["last rib pair"][0] - bodies_at["first rib pair"][0] + 1
+            if "first rib pair" in bodies_at and "last rib pair" in bodies_at else 12)
+    if against and (ignored or span != 12):
+        # The anchors contradict each other (a rib pair not found, a bony bar taken for a rib, or transitional
+        # anatomy: 11 or 13 rib pairs, a lumbosacral transitional vertebra). No count is then sure enough to
+        # overrule the network; the notes say what disagrees and what to check.
         against = []
-        naming.notes.append(f"The anchors disagree; the network's names agree with {_the(backing[0])} and stand. "
-                            "Check the levels.")
-    if "first rib pair" in bodies_at and "last rib pair" in bodies_at:
-        span = bodies_at["last rib pair"][0] - bodies_at["first rib pair"][0] + 1
-        by_network = _network_names_by_body(chain, chosen)
-        sides_with = [what for what in ("first rib pair", "last rib pair")
-                      if _network_counts_from(by_network, *bodies_at[what])]
-        if span != 12 and sides_with:
-            # The two rib anchors contradict each other (a rib pair not found, or transitional anatomy) and the
-            # network's names are the count from one of them: that anchor supports them, so they stand.
-            against = []
-            naming.notes.append(f"The first and the last rib pair are {span} vertebrae apart, not 12; the "
-                                f"network's names agree with {_the(sides_with[0])} and stand. Check the thoracic "
-                                "levels.")
+        naming.notes.append("The anatomical anchors disagree with each other, so the network's names were "
+                            "kept; check the levels between them.")
     if not against:
         by_network = _network_names_by_body(chain, chosen)
         named = {nb.body: nb.label for nb in naming.names}
@@ -450,7 +439,7 @@ def decide_names(chain: BodyChain, survey: RibSurvey, candidates: Sequence, chos
             agreeing = [what for what, (b, lab) in bodies_at.items() if lab in by_network.get(b, ())]
         basis = "network; agrees with " + " and ".join(_the(w) for w in agreeing) if agreeing else "network only"
         added = _bodies_the_network_left_out(naming, chain, candidates, chosen, spacing, min_position_confidence)
-        kept_notes = [note for note in naming.notes if "network's names agree" in note or "rib-bearing" in note]
+        kept_notes = [note for note in naming.notes if "rib-bearing" in note or "disagree with each other" in note]
         return AnchoredResult(None, Naming(anchors=naming.anchors, notes=kept_notes), chain, basis, added)
     naming.notes.insert(0, f"The network's names disagree with the count from {' and '.join(_the(w) for w in against)}: "
                            "the levels are counted from the anchors instead.")
