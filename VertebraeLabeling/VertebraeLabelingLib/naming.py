@@ -57,6 +57,9 @@ OVERRIDE_MARGIN: float = 3.0
 #: rib finder places less well than real ones, a network right on C6-T4 was overruled by the first rib pair
 #: at a margin of 4.0; on the real chest CTs, whose networks are not self-consistent, margins were 3.6-14.6).
 OVERRIDE_MARGIN_SELF_CONSISTENT: float = 6.0
+#: A network point this sure, typically spaced from its neighbour of the next level, marks where consecutive
+#: vertebrae are (:func:`_chain_contradicts_network`).
+SURE_POINT_CONFIDENCE: float = 0.9
 #: Cost per (log of spacing / typical spacing)² between consecutive named bodies.
 SPACING_WEIGHT: float = 4.0
 #: Leaving a body of the chain unnamed (a body split in two by a dip inside it).
@@ -101,6 +104,28 @@ MAX_OFF_CURVE_MM: float = 20.0
 def _off_curve_mm(chain: BodyChain, position: np.ndarray, spacing: float) -> float:
     j, i = chain.curve_at(float(position[0]))
     return float(np.hypot(position[1] - j, position[2] - i) * spacing)
+
+
+def _chain_contradicts_network(chain: BodyChain, chosen: Sequence, spacing: float) -> bool:
+    """Whether the chain of bodies puts two of the network's sure, typically spaced consecutive points into
+    one body or two bodies apart, at least twice and for at least 30 % of such pairs.
+
+    The network's places are good even where its names drift; a chain that disagrees with them about where
+    consecutive vertebrae are has missed or split bodies (the HU profile is fooled by bodies darker in the
+    middle than at their endplates), and a count along it cannot be trusted over the network.
+    """
+    pts = sorted((c for c in chosen if c.confidence >= SURE_POINT_CONFIDENCE), key=lambda c: c.label)
+    checked = wrong = 0
+    for a, b in zip(pts, pts[1:]):
+        ratio = abs(b.position[0] - a.position[0]) * spacing / TYPICAL_SPACING_MM[a.label]
+        if b.label - a.label != 1 or not 0.7 <= ratio <= 1.4:
+            continue
+        ba, bb = chain.body_at(float(a.position[0])), chain.body_at(float(b.position[0]))
+        if ba is None or bb is None:
+            continue
+        checked += 1
+        wrong += bb - ba != 1
+    return wrong >= 2 and wrong >= 0.3 * checked
 
 
 def _network_counts_from(by_network: dict[int, set], body: int, label: int) -> bool:
@@ -430,6 +455,10 @@ def decide_names(chain: BodyChain, survey: RibSurvey, candidates: Sequence, chos
         against = []
         naming.notes.append("The anatomical anchors disagree with each other, so the network's names were "
                             "kept; check the levels between them.")
+    if against and _chain_contradicts_network(chain, chosen, spacing):
+        against = []
+        naming.notes.append("The vertebral bodies found along the spine do not match where the network places "
+                            "consecutive vertebrae, so its names were kept; check the levels.")
     if not against:
         by_network = _network_names_by_body(chain, chosen)
         named = {nb.body: nb.label for nb in naming.names}
