@@ -6,7 +6,7 @@ over the bodies found along the spine (:mod:`bodies`), solved exactly (Viterbi, 
 - the state of a body is its name; the next body is normally the next name;
 - each body's evidence for a name is the network's confidence for that name inside it (S1 and C2 count
   ``NETWORK_ANCHOR_WEIGHT`` times: radiologists count from them and the network names them right on real
-  CTs) plus the ribs: a body named T1–T12 should carry a rib and one named otherwise should not; each body
+  CTs; T2-T11 count ``NETWORK_MID_THORACIC_WEIGHT``: they look alike) plus the ribs: a body named T1–T12 should carry a rib and one named otherwise should not; each body
   whose rib state was seen gains ``RIB_WEIGHT`` (half for one side seen) when it agrees and loses it when not;
 - the spacing between consecutive named bodies should be the typical one for their levels (scaled to the
   patient): ``SPACING_WEIGHT × log(spacing / typical)²``;
@@ -16,9 +16,10 @@ over the bodies found along the spine (:mod:`bodies`), solved exactly (Viterbi, 
 
 The certainty of each name is its share of the max-marginals over all names for that body: high where anchors
 and network agree, lower where they pull apart. Where no anchor is in view (no first or last rib pair, no
-sacrum, no C2) the network decides alone and the caller keeps the network's own result. The notes say when
-the anchors disagree with each other or with the count (11 or 13 rib-bearing vertebrae, a transitional
-vertebra), and which anchor the names were taken from.
+sacrum, no C2) the network decides alone and the caller keeps the network's own result; where anchors are in
+view, :func:`decide_names` replaces the network's names only where the count from a rib pair clearly beats
+them and nothing contradicts it. The notes say when the anchors disagree with each other or with the count
+(11 or 13 rib-bearing vertebrae, a transitional vertebra), and which anchor the names were taken from.
 """
 
 from collections.abc import Sequence
@@ -55,7 +56,7 @@ OVERRIDE_MARGIN: float = 3.0
 #: (``bodies.self_consistent_points``): a sure, complete, evenly spaced count gives way to both rib pairs, or to
 #: one against few bodies, not to one rib pair against many (on the generated CTs, whose first ribs the
 #: rib finder places less well than real ones, a network right on C6-T4 was overruled by the first rib pair
-#: at a margin of 4.0; on the real chest CTs, whose networks are not self-consistent, margins were 3.6-14.6).
+#: at a margin of 4.0; on the real chest CTs, whose networks are not self-consistent, margins were 7.6-15.8).
 OVERRIDE_MARGIN_SELF_CONSISTENT: float = 6.0
 #: A network point this sure, typically spaced from its neighbour of the next level, marks where consecutive
 #: vertebrae are (:func:`_chain_contradicts_network`).
