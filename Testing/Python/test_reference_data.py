@@ -396,7 +396,7 @@ def test_counting_from_the_ribs_names_all_14_levels_of_the_plain_chest_ct(plain_
     right = [v.name for v in scored.vertebrae if v.identified]
     assert len(right) == 14, right
     basis = {v.name: v.basis for v in result.vertebrae}
-    assert basis["T1"] == "first rib pair" and basis["T12"] == "last rib pair", basis
+    assert basis["T1"] == "first rib pair" and basis["T12"] == "counted from the first rib pair", basis
     assert any(a.startswith("first rib pair: T1") for a in result.anchors), result.anchors
 
 

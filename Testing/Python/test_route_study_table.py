@@ -13,6 +13,6 @@ def test_the_route_table_reads_every_arm_from_its_records():
     mix = [r for r in rows if r.startswith("| procedural + painted")]
     # the mix names the lumbar crop's L3 (an identified vertebra shows its name and error, a miss an arrow)
     assert len(mix) == 2 and all("| L3 " in r for r in mix)
-    with open(os.path.join(RECORDS, "..", "..", "README.md")) as f:
+    with open(os.path.join(RECORDS, "..", "..", "README.md"), encoding="utf-8") as f:
         readme = f.read()
     assert all(r in readme for r in rows), "training/README.md shows another table than the records give"

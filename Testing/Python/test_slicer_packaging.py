@@ -30,7 +30,7 @@ def _cmake_set(text: str, var: str) -> str:
 
 
 def _module_list(var: str):
-    text = (MODULE / "CMakeLists.txt").read_text()
+    text = (MODULE / "CMakeLists.txt").read_text(encoding="utf-8")
     items = _cmake_set(text, var).split()
     return {item.replace("${MODULE_NAME}", "VertebraeLabeling") for item in items}
 
@@ -66,7 +66,7 @@ def test_every_listed_file_exists():
 
 
 def test_module_cmake_builds_and_tests_the_module():
-    text = (MODULE / "CMakeLists.txt").read_text()
+    text = (MODULE / "CMakeLists.txt").read_text(encoding="utf-8")
     assert re.search(r"set\(MODULE_NAME VertebraeLabeling\)", text)
     assert "slicerMacroBuildScriptedModule(" in text
     assert "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in text
@@ -79,7 +79,7 @@ def test_module_cmake_builds_and_tests_the_module():
 
 
 def test_top_level_cmake_has_extension_metadata():
-    text = (ROOT / "CMakeLists.txt").read_text()
+    text = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
     for var in REQUIRED_EXTENSION_VARS:
         assert _cmake_set(text, var).strip('"'), f"{var} is empty"
     assert "PyTorch" in _cmake_set(text, "EXTENSION_DEPENDS")
@@ -99,20 +99,20 @@ def test_extension_catalog_entry_validates():
     jsonschema = pytest.importorskip("jsonschema")
     if not SCHEMA.is_file():
         pytest.skip(f"schema not found: {SCHEMA}")
-    entry = json.loads((ROOT / "VertebraeLabeling.json").read_text())
-    jsonschema.validate(entry, json.loads(SCHEMA.read_text()))
+    entry = json.loads((ROOT / "VertebraeLabeling.json").read_text(encoding="utf-8"))
+    jsonschema.validate(entry, json.loads(SCHEMA.read_text(encoding="utf-8")))
     assert entry["$schema"].endswith("slicer-extension-catalog-entry-schema-v1.0.2.json#")
     # The catalog must build the PyTorch extension first, as CMake's EXTENSION_DEPENDS says.
-    depends = _cmake_set((ROOT / "CMakeLists.txt").read_text(), "EXTENSION_DEPENDS").strip('"').split()
+    depends = _cmake_set((ROOT / "CMakeLists.txt").read_text(encoding="utf-8"), "EXTENSION_DEPENDS").strip('"').split()
     assert sorted(entry.get("build_dependencies", [])) == sorted(depends)
-    assert entry["category"] == _cmake_set((ROOT / "CMakeLists.txt").read_text(), "EXTENSION_CATEGORY").strip('"')
+    assert entry["category"] == _cmake_set((ROOT / "CMakeLists.txt").read_text(encoding="utf-8"), "EXTENSION_CATEGORY").strip('"')
 
 
 def test_ui_widgets_match_the_code_and_parameter_node():
     ui = ET.parse(MODULE / "Resources" / "UI" / "VertebraeLabeling.ui").getroot()
     names = {w.get("name") for w in ui.iter("widget")}
     bound = {p.find("string").text for p in ui.iter("property") if p.get("name") == "SlicerParameterName"}
-    source = (MODULE / "VertebraeLabeling.py").read_text()
+    source = (MODULE / "VertebraeLabeling.py").read_text(encoding="utf-8")
     used = set(re.findall(r"self\.ui\.(\w+)", source))
     assert not used - names, f"widgets used in code but absent from the .ui: {sorted(used - names)}"
     # Every parameter bound in the .ui must be a field of the parameter node class.
@@ -126,7 +126,7 @@ def test_ui_widgets_match_the_code_and_parameter_node():
 def test_module_source_is_python39_compatible():
     # Slicer 5.8 ships Python 3.9: no match statements or PEP 604 unions evaluated at runtime.
     for path in [MODULE / "VertebraeLabeling.py", MODULE / "Resources" / "Scripts" / "vertebrae_labeling_worker.py"]:
-        tree = ast.parse(path.read_text(), feature_version=(3, 9))
+        tree = ast.parse(path.read_text(encoding="utf-8"), feature_version=(3, 9))
         assert not any(type(n).__name__ == "Match" for n in ast.walk(tree)), path
 
 
@@ -161,13 +161,13 @@ TRACKED_FILES_LIMIT_MB = 80.0
 
 
 def _catalog() -> dict:
-    return json.loads((ROOT / "VertebraeLabeling.json").read_text())
+    return json.loads((ROOT / "VertebraeLabeling.json").read_text(encoding="utf-8"))
 
 
 def _cmake_url_list(var: str) -> list:
     """A URL variable of the top-level CMakeLists.txt, parsed the way the Index's script parses it
     (one double-quoted string right after the name)."""
-    text = (ROOT / "CMakeLists.txt").read_text()
+    text = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
     match = re.search(r"set\s*\(" + var + r'\s*"([^"]+)"\s*\)', text)
     assert match, f"{var} is not set to one quoted string (the Index's parser would not find it)"
     return match.group(1).split()
@@ -192,23 +192,23 @@ def _tracked_files():
 
 def test_catalog_category_is_one_the_extensions_index_accepts():
     assert _catalog()["category"] in INDEX_CATEGORIES
-    assert _cmake_set((ROOT / "CMakeLists.txt").read_text(), "EXTENSION_CATEGORY").strip('"') in INDEX_CATEGORIES
+    assert _cmake_set((ROOT / "CMakeLists.txt").read_text(encoding="utf-8"), "EXTENSION_CATEGORY").strip('"') in INDEX_CATEGORIES
 
 
 def test_licence_at_the_root_and_the_sample_cts_notice():
     present = [name for name in INDEX_LICENSE_NAMES if (ROOT / name).is_file()]
     assert present, "no licence file at the repository root"
-    licence = (ROOT / present[0]).read_text()
+    licence = (ROOT / present[0]).read_text(encoding="utf-8")
     assert "Apache License" in licence and "Version 2.0" in licence
-    assert re.search(r'license\s*=\s*\{\s*text\s*=\s*"Apache-2.0"', (ROOT / "pyproject.toml").read_text())
+    assert re.search(r'license\s*=\s*\{\s*text\s*=\s*"Apache-2.0"', (ROOT / "pyproject.toml").read_text(encoding="utf-8"))
     # The bundled sample CT is TotalSegmentator's (Apache-2.0): its notice travels with it.
-    notice = (ROOT / "NOTICE").read_text()
+    notice = (ROOT / "NOTICE").read_text(encoding="utf-8")
     assert "ts_example_ct.nii.gz" in notice and "TotalSegmentator" in notice and "Apache License" in notice
     assert (ROOT / "Testing" / "Data" / "ts_example_ct.nii.gz").is_file()
 
 
 def test_project_name_and_repository_name_as_the_index_wants():
-    project = re.search(r"project\s*\(\s*([^\s)]+)", (ROOT / "CMakeLists.txt").read_text(), re.IGNORECASE)
+    project = re.search(r"project\s*\(\s*([^\s)]+)", (ROOT / "CMakeLists.txt").read_text(encoding="utf-8"), re.IGNORECASE)
     assert project and project.group(1) == "VertebraeLabeling" == Path("VertebraeLabeling.json").stem
     assert "slicer" in _github_repo()[1].lower()
     assert _catalog()["scm_url"].startswith("https://")

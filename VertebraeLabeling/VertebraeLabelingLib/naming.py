@@ -472,7 +472,7 @@ def decide_names(chain: BodyChain, survey: RibSurvey, candidates: Sequence, chos
         kept_notes = [note for note in naming.notes if "rib-bearing" in note or "disagree with each other" in note]
         return AnchoredResult(None, Naming(anchors=naming.anchors, notes=kept_notes), chain, basis, added)
     naming.notes.insert(0, f"The network's names disagree with the count from {' and '.join(_the(w) for w in against)}: "
-                           "the levels are counted from the anchors instead.")
+                           "the levels are counted from the anchors instead. Check the names.")
     out = [_place(nb, chain, candidates, spacing, min_position_confidence) for nb in naming.names]
     return AnchoredResult(out, naming, chain)
 
