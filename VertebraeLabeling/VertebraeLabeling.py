@@ -146,8 +146,11 @@ class VertebraeLabeling(ScriptedLoadableModule):
         self.parent.helpText = _(
             "Finds the vertebrae C1-S2 in a CT and places one named point at each one's centre, "
             "coloured by region. Drag, rename or delete points; after renaming one point, "
-            "'Renumber from this point' relabels all others along the spine. Implements "
-            "Qin et al., vertebrae labeling by integral regression."
+            "'Renumber from this point' relabels all others along the spine. The levels are counted "
+            "from the ribs, the sacrum and C2; the 'How named' column says how each name was reached. "
+            "A research tool, not a medical device: check the thoracic names in particular. Implements "
+            "Qin et al., vertebrae labeling by integral regression. Model card: "
+            "https://github.com/VertebraeLabeling/SlicerVertebraeLabeling/blob/main/MODEL_CARD.md"
         )
         self.parent.acknowledgementText = _(
             "The sample CT and its reference labels come from the TotalSegmentator project "
