@@ -56,16 +56,6 @@ class Rib:
 
 
 @dataclass
-class Plate:
-    """A bony plate beside the spine that reaches in to it and is taller than a rib: the ilium at the
-    sacroiliac joint (or a scapula lying on the ribs). ``top`` and ``bottom`` are slices."""
-
-    side: str
-    top: float
-    bottom: float
-
-
-@dataclass
 class RibSurvey:
     """Ribs per body: ``state[b][side]`` is "rib", "none" or "unseen"."""
 
@@ -87,15 +77,9 @@ class RibSurvey:
 
 def find_ribs(hu: np.ndarray, spacing: float, chain: BodyChain) -> list[Rib]:
     """Ribs beside the spine curve of ``chain`` in a canonical HU volume (not yet assigned to bodies)."""
-    return paraspinal_bones(hu, spacing, chain)[0]
-
-
-def paraspinal_bones(hu: np.ndarray, spacing: float, chain: BodyChain) -> tuple[list[Rib], list[Plate]]:
-    """The ribs and the plates (too tall for a rib: ilium, scapula) that reach in to the spine curve."""
     ribs: list[Rib] = []
-    plates: list[Plate] = []
     if chain.curve_k is None:
-        return ribs, plates
+        return ribs
     k_lo, k_hi = int(chain.curve_k[0]), int(chain.curve_k[-1])
     sub = hu[k_lo:k_hi + 1]
     ks = np.arange(k_lo, k_hi + 1)
@@ -118,14 +102,13 @@ def paraspinal_bones(hu: np.ndarray, spacing: float, chain: BodyChain) -> tuple[
         dist = np.abs(dist)
         if dist.min() > RIB_MEDIAL_MM or dist.max() < RIB_LATERAL_MM:
             continue
-        if np.ptp(kk) * spacing > RIB_MAX_HEIGHT_MM:
-            plates.append(Plate(side, float(kk.min() + k_lo), float(kk.max() + k_lo)))
+        if np.ptp(kk) * spacing > RIB_MAX_HEIGHT_MM:  # a plate: the ilium, or a scapula lying on the ribs
             continue
         inner = kk[dist <= dist.min() + 12.0]
         outer = kk[dist >= dist.max() - 12.0]
         k = float(inner.mean()) + k_lo
         ribs.append(Rib(side, k, None, float(dist.max()), float(outer.mean() - inner.mean()) * spacing))
-    return sorted(ribs, key=lambda r: r.k), plates
+    return sorted(ribs, key=lambda r: r.k)
 
 
 def rib_levels(ribs: list[Rib], spacing_k: float) -> list[list[int]]:
