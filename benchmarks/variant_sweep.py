@@ -1,7 +1,7 @@
 """Fine-tune the bundled weights on generator variants and score each on the real CTs: one command for a
 lent GPU's few minutes.
 
-Session 8 found that the synthetic-only model names real thoracic vertebrae a level too high and could
+On 2026-11-26 we found that the synthetic-only model names real thoracic vertebrae a level too high and could
 not test a generator change without a GPU (a 70-90 minute CPU fine-tune moves little). This runs, for each
 variant (a ``synthetic?...`` spec), ``training.train`` from the bundled weights for ``--minutes``, exports the
 moving average, and evaluates it with ``training.evaluate`` on the real reference cases

@@ -91,7 +91,7 @@ def test_bundled_model_names_every_whole_vertebra_of_the_real_ct(sample_result, 
 
 
 def test_bundled_model_meets_the_5_mm_target_on_the_real_ct(sample_result, sample_body_centres_lps, bundled):
-    """Issue 5's target: every whole vertebra within 5 mm of its body centre. S1 is the tight one (4.8 mm
+    """The real-case target: every whole vertebra within 5 mm of its body centre. S1 is the tight one (4.8 mm
     with the bundled model); its truth is found across its own 45-degree canal (``body_centres``), within
     about 1.4 mm (median) of the truth on synthetic S1 masks."""
     errors = _errors_to_body_centres(sample_result, sample_body_centres_lps, bundled)

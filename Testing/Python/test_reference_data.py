@@ -305,7 +305,7 @@ def test_our_body_centres_agree_with_totalsegmentators_body_masks():
 
 
 def test_bundled_model_is_within_5_mm_of_totalsegmentators_body_centres(bundled):
-    """Issue 5's real-case target against the independent body truth. Measured: L1 2.6, L2 1.5, L3 3.8,
+    """The real-case target (within 5 mm) against the independent body truth. Measured: L1 2.6, L2 1.5, L3 3.8,
     L4 0.9, L5 0.7, S1 3.3 mm."""
     case = _reference_case(rd.CASE_ABDOMEN)
     found = _label(case, bundled)

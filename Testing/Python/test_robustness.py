@@ -1,4 +1,4 @@
-"""Robustness suite (issue 7): the CTs a hospital really has, each with a correct result or a clear error.
+"""Robustness suite: the CTs a hospital really has, each with a correct result or a clear error.
 
 Complements ``test_bad_input.py`` (2-D, empty, constant, NaN, MRI-like, truncated, wrong model...) with:
 oblique direction matrices, the same CT stored LPS / RAS / PIR, a 1000-slice volume (bounded memory),
@@ -310,7 +310,7 @@ def test_oblique_copy_follows_the_same_spine_and_runs_the_real_model(sample, mod
 
 
 @pytest.mark.xfail(strict=True, reason="the bundled model moves the points of the oblique copy by 0.8-3.4 mm "
-                                       "(L1 3.4 mm; issue 5: a better model should agree within 3 mm)")
+                                       "(L1 3.4 mm; a better model should agree within 3 mm)")
 def test_oblique_copy_gets_the_same_points_within_3_mm(sample, model):
     if not model.trained:
         pytest.skip("needs trained weights")

@@ -171,7 +171,7 @@ def _resample_axis(roi: sitk.Image, axis: int, lps_axis: int, slab_origin: np.nd
     Only for images whose axes are the patient axes: the canonical positions along ``lps_axis`` form
     a lattice of ``spacing`` (a 2 mm step of the output), so resampling axis by axis is the same
     trilinear interpolation as doing it in one go, and the Gaussian of the next axis (which commutes
-    with this step) runs on 2.5-5× fewer voxels (issue 7: preprocessing was 70% of a 512×512×1000 run).
+    with this step) runs on 2.5-5× fewer voxels (preprocessing was 70% of a 512×512×1000 run before it).
     """
     direction = np.asarray(roi.GetDirection(), dtype=float).reshape(3, 3)
     step = float(np.sign(direction[lps_axis, axis]))  # the image axis runs towards +LPS or -LPS

@@ -1,4 +1,4 @@
-"""Synthetic spine CT generator (issue 5): procedural anatomy, CT-like rendering, exact centroids.
+"""Synthetic spine CT generator: procedural anatomy, CT-like rendering, exact centroids.
 
 >>> from training.synthetic import generate_case
 >>> case = generate_case(0)
