@@ -16,7 +16,7 @@ import numpy as np
 
 from .blocks import Block
 from .defaults import DEFAULT_MIN_PROBABILITY
-from .vertebrae import NUM_VERTEBRAE, TYPICAL_SPACING_MM, VERTEBRA_NAMES
+from .vertebrae import NUM_VERTEBRAE, VERTEBRA_NAMES, expected_distance_mm
 
 #: Votes closer than this (mm) belong to the same cluster.
 CLUSTER_RADIUS_MM: float = 10.0
@@ -159,11 +159,6 @@ def _weighted_median(points: np.ndarray, weights: np.ndarray) -> np.ndarray:
     if len(points) >= 3:
         return out
     return (points * weights[:, None]).sum(0) / weights.sum()
-
-
-def expected_distance_mm(upper: int, lower: int) -> float:
-    """Typical centre-to-centre distance (mm) from label ``upper`` down to label ``lower``."""
-    return float(sum(TYPICAL_SPACING_MM[upper:lower]))
 
 
 def enforce_anatomical_order(

@@ -192,7 +192,7 @@ def survey_ribs(hu_shape: tuple, spacing: float, chain: BodyChain, ribs: list[Ri
             continue
         if body.bottom + RIB_FALL_MM / spacing > hu_shape[0] - 1:
             continue
-        i_centre = float(np.interp(body.position[0], chain.curve_k, chain.curve_i))
+        i_centre = chain.curve_at(float(body.position[0]))[1]
         for side, sign in (("left", 1.0), ("right", -1.0)):
             outer = i_centre + sign * RIB_LATERAL_MM / spacing
             if 0 <= outer <= hu_shape[2] - 1:

@@ -28,7 +28,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter1d, map_coordinates
 from scipy.signal import find_peaks
 
-from .vertebrae import NUM_VERTEBRAE, TYPICAL_SPACING_MM
+from .vertebrae import NUM_VERTEBRAE, TYPICAL_SPACING_MM, expected_distance_mm
 
 #: Radius (mm) of the axial disc around the spine curve whose mean HU makes the disc profile.
 PROFILE_RADIUS_MM: float = 6.0
@@ -183,6 +183,18 @@ def choose_discs(dips: np.ndarray, strength: np.ndarray, expected: np.ndarray) -
     return out
 
 
+def _chain_on_curve(hu_shape: Sequence[int], spacing: float, points: np.ndarray, weights: np.ndarray,
+                    k_first: float, k_last: float) -> BodyChain:
+    """An empty chain on the spine curve through ``points``, from ``k_first`` to ``k_last`` and 40 mm beyond,
+    so that the outermost bodies' discs, and a rib of the next vertebra (a last rib above the first lumbar
+    point), are within it."""
+    margin = 40.0 / spacing
+    k_lo = max(0.0, float(k_first) - margin)
+    k_hi = min(hu_shape[0] - 1.0, float(k_last) + margin)
+    ks, js, is_ = spine_curve(points, weights, (k_lo, k_hi), spacing)
+    return BodyChain(curve_k=ks, curve_j=js, curve_i=is_)
+
+
 def find_bodies(hu: np.ndarray, spacing: float, points: np.ndarray, labels: np.ndarray,
                 weights: np.ndarray, extra_k: Sequence[float] = ()) -> BodyChain:
     """The chain of vertebral bodies along the spine of a canonical HU volume.
@@ -199,13 +211,8 @@ def find_bodies(hu: np.ndarray, spacing: float, points: np.ndarray, labels: np.n
     points, labels, weights = points[keep], labels[keep], weights[keep]
     if len(points) < 2:
         return BodyChain()
-    # The curve reaches beyond the outermost points, so that their bodies' discs, and a rib of the next
-    # vertebra (a last rib above the first lumbar point), are within it.
-    margin = 40.0 / spacing
-    k_lo = max(0.0, float(points[:, 0].min()) - margin)
-    k_hi = min(hu.shape[0] - 1.0, float(points[:, 0].max()) + margin)
-    ks, js, is_ = spine_curve(points, weights, (k_lo, k_hi), spacing)
-    chain = BodyChain(curve_k=ks, curve_j=js, curve_i=is_)
+    chain = _chain_on_curve(hu.shape, spacing, points, weights, points[:, 0].min(), points[:, 0].max())
+    ks, js, is_ = chain.curve_k, chain.curve_j, chain.curve_i
     if len(ks) < 5:
         return chain
     profile = disc_profile(hu, ks, js, is_, spacing)
@@ -262,7 +269,7 @@ def network_is_self_consistent(chosen: Sequence, spacing: float) -> bool:
     if len(pts) < 3 or any(c.confidence < SELF_CONSISTENT_CONFIDENCE for c in pts):
         return False
     # C1 has no body and S1-S2 are fused: their centres are not a body's step apart.
-    ratios = np.array([abs(b.position[0] - a.position[0]) * spacing / sum(TYPICAL_SPACING_MM[a.label:b.label])
+    ratios = np.array([abs(b.position[0] - a.position[0]) * spacing / expected_distance_mm(a.label, b.label)
                        for a, b in zip(pts, pts[1:]) if a.label not in UNEVEN_STEP_LABELS])
     if len(ratios) < 2:
         return False
@@ -297,14 +304,10 @@ def chain_from_network(hu_shape: Sequence[int], spacing: float, candidates: Sequ
     for a, b in zip(pts, pts[1:]):  # a level the network left out lies in between, by the typical steps
         centres.append(float(a.position[0]))
         for missing in range(a.label + 1, b.label):
-            share = sum(TYPICAL_SPACING_MM[a.label:missing]) / sum(TYPICAL_SPACING_MM[a.label:b.label])
+            share = expected_distance_mm(a.label, missing) / expected_distance_mm(a.label, b.label)
             centres.append(float(a.position[0] + share * (b.position[0] - a.position[0])))
     centres.append(float(pts[-1].position[0]))
-    margin = 40.0 / spacing
-    k_lo = max(0.0, min(centres) - margin)
-    k_hi = min(hu_shape[0] - 1.0, max(centres) + margin)
-    ks, js, is_ = spine_curve(points[keep], weights[keep], (k_lo, k_hi), spacing)
-    chain = BodyChain(curve_k=ks, curve_j=js, curve_i=is_)
+    chain = _chain_on_curve(hu_shape, spacing, points[keep], weights[keep], min(centres), max(centres))
     step_top = centres[1] - centres[0]
     step_bottom = centres[-1] - centres[-2]
     extra = np.asarray(extra_k, dtype=float)

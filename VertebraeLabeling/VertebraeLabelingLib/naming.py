@@ -126,12 +126,8 @@ def _chain_contradicts_network(chain: BodyChain, chosen: Sequence, spacing: floa
     return wrong >= 2 and wrong >= 0.3 * checked
 
 
-def _network_counts_from(by_network: dict[int, set], body: int, label: int) -> bool:
-    """Whether the network names every body it placed a point on as counting from ``label`` at ``body``."""
-    return bool(by_network) and all(label + b - body in labels for b, labels in by_network.items())
-
-
-def _network_names_by_body(chain: BodyChain, chosen: Sequence) -> dict[int, set]:
+def network_names_by_body(chain: BodyChain, chosen: Sequence) -> dict[int, set]:
+    """{body: the labels of the network's points inside it}."""
     out: dict[int, set] = {}
     for c in chosen:
         b = chain.body_at(float(c.position[0]))
@@ -214,10 +210,10 @@ def _transition_costs(centres_mm: np.ndarray, scale: float) -> np.ndarray:
     return cost
 
 
-def viterbi(emit: np.ndarray, centres_mm: np.ndarray, scale: float) -> tuple[float, list[tuple[int, int]], np.ndarray]:
-    """Best naming of the chain: (score, [(body, label)], max-marginals (bodies, 26))."""
+def viterbi(emit: np.ndarray, cost: np.ndarray) -> tuple[float, list[tuple[int, int]], np.ndarray]:
+    """Best naming of the chain for the transition costs of :func:`_transition_costs`: (score,
+    [(body, label)], max-marginals (bodies, 26))."""
     n, m = emit.shape
-    cost = _transition_costs(centres_mm, scale)
     start = -END_COST * np.arange(n)          # bodies above the first named one are left unnamed
     end = -END_COST * (n - 1 - np.arange(n))  # and those below the last
     fwd = np.full((n, m), -np.inf)
@@ -269,16 +265,17 @@ def name_chain(chain: BodyChain, candidates: Sequence, spacing: float,
         return None
     centres_mm = np.array([b.position[0] for b in chain.bodies]) * spacing
     emit = emission_scores(net, survey)
-    score, path, marginals = max((viterbi(emit, centres_mm, s) for s in SCALES), key=lambda r: r[0])
+    costs = [_transition_costs(centres_mm, scale) for scale in SCALES]
+    score, path, marginals = max((viterbi(emit, cost) for cost in costs), key=lambda r: r[0])
     # The best naming that keeps the network's own names on the bodies it placed a point on: how much better
     # the free naming scores says how strongly the anchors and the count contradict the network.
     kept = emit.copy()
-    for b, labels in _network_names_by_body(chain, chosen).items():
+    for b, labels in network_names_by_body(chain, chosen).items():
         others = np.ones(NUM_VERTEBRAE, dtype=bool)
         others[list(labels)] = False
         kept[b, others] = -1e6
-    network_score = max(viterbi(kept, centres_mm, s)[0] for s in SCALES) if chosen else score
-    _, net_path, _ = max((viterbi(net, centres_mm, s) for s in SCALES), key=lambda r: r[0])
+    network_score = max(viterbi(kept, cost)[0] for cost in costs) if chosen else score
+    _, net_path, _ = max((viterbi(net, cost) for cost in costs), key=lambda r: r[0])
     naming = Naming(margin=max(0.0, score - network_score))
     named = dict(path)
 
@@ -462,14 +459,18 @@ def decide_names(chain: BodyChain, survey: RibSurvey, candidates: Sequence, chos
         naming.notes.append("The vertebral bodies found along the spine do not match where the network places "
                             "consecutive vertebrae, so its names were kept; check the levels.")
     if not against:
-        by_network = _network_names_by_body(chain, chosen)
+        by_network = network_names_by_body(chain, chosen)
         named = {nb.body: nb.label for nb in naming.names}
-        if by_network and all(named.get(b) in labels for b, labels in by_network.items()):
+        alike = bool(by_network) and all(named.get(b) in labels for b, labels in by_network.items())
+        if alike:
             agreeing = list(naming.agreeing)  # the count and the network name every body alike
         else:
             agreeing = [what for what, (b, lab) in bodies_at.items() if lab in by_network.get(b, ())]
         basis = "network; agrees with " + " and ".join(_the(w) for w in agreeing) if agreeing else "network only"
-        added = _bodies_the_network_left_out(naming, chain, candidates, chosen, spacing, min_position_confidence)
+        # Where the count names every body alike, it also names the bodies the network left without a point.
+        taken = {c.label for c in chosen}
+        added = [_place(nb, chain, candidates, spacing, min_position_confidence) for nb in naming.names
+                 if alike and nb.body not in by_network and nb.label not in taken]
         kept_notes = [note for note in naming.notes if "rib-bearing" in note or "disagree with each other" in note]
         return AnchoredResult(None, Naming(anchors=naming.anchors, notes=kept_notes), chain, basis, added)
     naming.notes.insert(0, f"The network's names disagree with the count from {' and '.join(_the(w) for w in against)}: "
@@ -494,23 +495,6 @@ def _place(nb: NamedBody, chain: BodyChain, candidates: Sequence, spacing: float
     else:
         position = body.position
     return AnchoredLabel(nb.label, np.asarray(position, dtype=float), nb.confidence, nb.basis)
-
-
-def _bodies_the_network_left_out(naming: Naming, chain: BodyChain, candidates: Sequence, chosen: Sequence,
-                                 spacing: float, min_position_confidence: float) -> list[AnchoredLabel]:
-    """Bodies of the chain with no network point, named by the count, where the count names every body that
-    does hold a network point as the network does (same count, so nothing is renamed)."""
-    by_body: dict[int, list[int]] = {}
-    for c in chosen:
-        b = chain.body_at(float(c.position[0]))
-        if b is not None:
-            by_body.setdefault(b, []).append(c.label)
-    named = {nb.body: nb for nb in naming.names}
-    if not by_body or any(b not in named or named[b].label not in labels for b, labels in by_body.items()):
-        return []
-    taken = {c.label for c in chosen}
-    return [_place(nb, chain, candidates, spacing, min_position_confidence) for nb in naming.names
-            if nb.body not in by_body and nb.label not in taken]
 
 
 NO_ANCHOR_NOTE = ("No anatomical anchor in view (no first or last rib pair, sacrum or C2): the names are the "

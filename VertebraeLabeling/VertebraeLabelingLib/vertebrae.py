@@ -41,6 +41,11 @@ TYPICAL_SPACING_MM: list[float] = (
 )
 
 
+def expected_distance_mm(upper: int, lower: int) -> float:
+    """Typical centre-to-centre distance (mm) from label ``upper`` down to label ``lower``."""
+    return float(sum(TYPICAL_SPACING_MM[upper:lower]))
+
+
 def region_of(name: str) -> str:
     """Return the region ("cervical", "thoracic", "lumbar", "sacral") of a vertebra name."""
     for region, names in REGIONS.items():
