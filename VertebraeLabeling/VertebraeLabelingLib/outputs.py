@@ -7,6 +7,7 @@ Every writer builds the whole content in memory first and then replaces the targ
 import csv
 import io
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -70,10 +71,13 @@ def markups_dict(result: Any, node_name: str = "Vertebrae", coordinate_system: s
         pos = np.asarray(vert.position_lps, dtype=float)
         if coordinate_system == "RAS":
             pos = pos * np.array([-1.0, -1.0, 1.0])
+        how = getattr(vert, "basis", "") or region_of(vert.name)
+        # A point a person placed has no confidence (NaN): its description says only how it was named.
+        confidence = float(vert.confidence)
         points.append({
             "id": str(n + 1),
             "label": vert.name,
-            "description": f"confidence {vert.confidence:.2f}; {getattr(vert, 'basis', '') or region_of(vert.name)}",
+            "description": f"confidence {confidence:.2f}; {how}" if math.isfinite(confidence) else how,
             "associatedNodeID": "",
             "position": [round(float(v), 3) for v in pos],
             "orientation": [-1.0, -0.0, -0.0, -0.0, -1.0, -0.0, 0.0, 0.0, 1.0],

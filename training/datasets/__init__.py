@@ -8,6 +8,8 @@
 - ``labelmap:PATH`` a CT + multi-label map per folder (``seg=GLOB``, ``map=auto|ts|verse``,
   ``sacrum_as_s2=1``, ``centre=mass|body``: whole-vertebra centre of mass, or the vertebral body centre
   estimated from the mask, the convention of VerSe, CSI and the generator)
+- ``markups:PATH``  a CT + the Slicer ``.mrk.json`` point list(s) a person corrected, one folder per case
+  (``DIR/<case>/ct.nii.gz`` + ``*.mrk.json``, as the Slicer panel's "Save as training case" writes it)
 
 All centroids are LPS mm; only the 26 network labels C1..S2 are kept.
 """
@@ -17,6 +19,7 @@ from typing import Dict, List, Tuple
 from .common import AnnotatedCase, ImageGeometry, read_image
 from .csi import find_csi_cases, read_lml_centroids, write_lml
 from .labelmap import find_labelmap_cases, label_centroids
+from .markups import find_markups_cases, read_markups_points
 from .verse import find_verse_cases, read_verse_centroids, write_verse_centroids
 
 __all__ = [
@@ -24,9 +27,10 @@ __all__ = [
     "find_verse_cases", "read_verse_centroids", "write_verse_centroids",
     "find_csi_cases", "read_lml_centroids", "write_lml",
     "find_labelmap_cases", "label_centroids",
+    "find_markups_cases", "read_markups_points",
 ]
 
-KINDS = ("verse", "csi", "labelmap")
+KINDS = ("verse", "csi", "labelmap", "markups")
 MAP_ALIASES = {"auto": "auto", "ts": "totalsegmentator", "totalsegmentator": "totalsegmentator",
                 "verse": "verse"}
 
@@ -65,7 +69,8 @@ def load_dataset(spec: str) -> List[AnnotatedCase]:
     kind, path, options = parse_spec(spec)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{kind}: no such file or folder: {path}")
-    allowed = {"verse": {"convention"}, "csi": {"frame"}, "labelmap": {"seg", "map", "sacrum_as_s2", "centre"}}[kind]
+    allowed = {"verse": {"convention"}, "csi": {"frame"}, "labelmap": {"seg", "map", "sacrum_as_s2", "centre"},
+               "markups": set()}[kind]
     unknown = set(options) - allowed
     if unknown:
         raise ValueError(f"{kind}: unknown option(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
@@ -73,6 +78,8 @@ def load_dataset(spec: str) -> List[AnnotatedCase]:
         return find_verse_cases(path, convention=options.get("convention", "auto"))
     if kind == "csi":
         return find_csi_cases(path, frame=options.get("frame", "image_mm"))
+    if kind == "markups":
+        return find_markups_cases(path)
     id_map = MAP_ALIASES.get(options.get("map", "auto").lower())
     if id_map is None:
         raise ValueError(f"labelmap: map must be one of {sorted(MAP_ALIASES)}")
