@@ -50,7 +50,11 @@ def crop_targets(case: PreparedCase, start: Tuple[int, int, int],
 
 def make_crop(case: PreparedCase, rng: np.random.Generator, crop_shape: Tuple[int, int, int] = BLOCK_SHAPE,
               augment: bool = True, start: Optional[Tuple[int, int, int]] = None):
-    """Return ``(crop (1, D, H, W) float32, presence (26,), coords (26, 3))``."""
+    """Return ``(crop (1, D, H, W) float32, presence (26,), coords (26, 3), known (26,))``.
+
+    ``known`` is the case's :attr:`~training.prepared.PreparedCase.known_mask`: 0 for the levels whose
+    presence its reference does not decide.
+    """
     if start is None:
         start = sample_crop_start(case, rng, crop_shape)
     fill = float(case.volume.min())
@@ -58,7 +62,7 @@ def make_crop(case: PreparedCase, rng: np.random.Generator, crop_shape: Tuple[in
     presence, coords = crop_targets(case, start, crop_shape)
     if augment:
         crop, coords = augment_crop(crop, coords, presence, rng)
-    return crop[None], presence, coords
+    return crop[None], presence, coords, case.known_mask
 
 
 def augment_crop(crop: np.ndarray, coords: np.ndarray, presence: np.ndarray, rng: np.random.Generator):

@@ -8,7 +8,7 @@ small Gaussian at its true centroid (``heatmap_weight``; 0 gives exactly the pap
 heatmaps directly. It is reported as a KL divergence, so it tends to 0.
 """
 
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
@@ -53,6 +53,7 @@ def vertebrae_loss(
     lam: float = 0.4,
     heatmap_weight: float = 0.0,
     heatmap_stride: int = 1,
+    known: Optional[torch.Tensor] = None,
 ) -> Dict[str, torch.Tensor]:
     """Loss of Qin et al. (Eq. 1-4), plus ``heatmap_weight`` × :func:`heatmap_kl`.
 
@@ -64,11 +65,15 @@ def vertebrae_loss(
         lam: λ of Eq. 2.
         heatmap_weight: weight of the heatmap term (0: the paper's loss alone).
         heatmap_stride: block voxels per heatmap voxel (the network's ``heatmap_stride``).
+        known: (B, 26) 0 where the reference does not say whether the vertebra is there (a partially
+            annotated real CT): no presence loss for it. None: every presence label is known.
     Returns:
         ``total``, ``cls``, ``reg`` and ``heat`` (per-sample means, so the loss does not scale with batch size).
     """
     logits = outputs["logits"].float()
     weight = torch.where(presence > 0, torch.full_like(presence, balance), torch.ones_like(presence))
+    if known is not None:
+        weight = weight * known
     cls = F.binary_cross_entropy_with_logits(logits, presence, weight=weight, reduction="sum") / logits.shape[0]
     diff = F.smooth_l1_loss(outputs["coords"].float(), coords, reduction="none", beta=1.0).sum(-1)
     reg = lam * (diff * presence).sum() / logits.shape[0]

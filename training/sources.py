@@ -14,7 +14,7 @@ from typing import Callable, Optional, Union
 
 import numpy as np
 
-from .prepared import PreparedCase, prepare_case
+from .prepared import PreparedCase, annotated_span, prepare_case
 
 VALIDATION_SEED0 = 800_000
 HOLDOUT_SEED0 = 900_000
@@ -150,8 +150,7 @@ class CaseSource:
                 for idx in rng.permutation(len(self._real)):
                     if idx % self.num_streams != self.stream_id % self.num_streams and len(self._real) >= self.num_streams:
                         continue
-                    case = self._real[idx]
-                    yield prepare_case(case.load_image(), case.centroids, case_id=case.case_id)
+                    yield prepare_annotated(self._real[idx])
 
 
 def mixed_cases(specs: Specs, seed: int, stream_id: int, num_streams: int) -> Iterator[PreparedCase]:
@@ -187,4 +186,14 @@ def validation_cases(spec: Specs, count: int) -> list[PreparedCase]:
     from .datasets import load_dataset
 
     cases = load_dataset(spec)[:count]
-    return [prepare_case(c.load_image(), c.centroids, case_id=c.case_id) for c in cases]
+    return [prepare_annotated(c) for c in cases]
+
+
+def prepare_annotated(case) -> PreparedCase:
+    """A real annotated case (:class:`training.datasets.common.AnnotatedCase`) ready for training.
+
+    Vertebrae cut by the image's edge give no centroid to learn from, and the levels outside the annotated
+    span are unknown rather than absent (:func:`training.prepared.annotated_span`).
+    """
+    return prepare_case(case.load_image(), case.whole_centroids(), case_id=case.case_id,
+                        known=annotated_span(case.centroids))

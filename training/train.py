@@ -60,9 +60,9 @@ class CropStream(IterableDataset):
             elif n % self.refresh_every == 0:
                 pool[int(rng.integers(len(pool)))] = next(source)
             case = pool[int(rng.integers(len(pool)))]
-            crop, presence, coords = make_crop(case, rng, self.crop_shape, augment=True)
+            crop, presence, coords, known = make_crop(case, rng, self.crop_shape, augment=True)
             n += 1
-            yield torch.from_numpy(crop), torch.from_numpy(presence), torch.from_numpy(coords)
+            yield torch.from_numpy(crop), torch.from_numpy(presence), torch.from_numpy(coords), torch.from_numpy(known)
 
 
 def fixed_validation_set(spec: Specs, cases: int, crops_per_case: int, crop_shape, seed: int = 4242):
@@ -71,8 +71,8 @@ def fixed_validation_set(spec: Specs, cases: int, crops_per_case: int, crop_shap
     items = []
     for case in validation_cases(spec, cases):
         for _ in range(crops_per_case):
-            crop, presence, coords = make_crop(case, rng, crop_shape, augment=False)
-            items.append((torch.from_numpy(crop), torch.from_numpy(presence), torch.from_numpy(coords)))
+            crop, presence, coords, known = make_crop(case, rng, crop_shape, augment=False)
+            items.append(tuple(torch.from_numpy(a) for a in (crop, presence, coords, known)))
     return items
 
 
@@ -81,10 +81,11 @@ def evaluate_loss(model, items, device, balance: float, heatmap_weight: float = 
     model.eval()
     totals = {"total": 0.0, "cls": 0.0, "reg": 0.0, "heat": 0.0}
     with torch.no_grad():
-        for crop, presence, coords in items:
+        for crop, presence, coords, known in items:
             out = model(crop[None].to(device))
             loss = vertebrae_loss(out, presence[None].to(device), coords[None].to(device), balance,
-                                  heatmap_weight=heatmap_weight, heatmap_stride=model.heatmap_stride)
+                                  heatmap_weight=heatmap_weight, heatmap_stride=model.heatmap_stride,
+                                  known=known[None].to(device))
             for k in totals:
                 totals[k] += float(loss[k]) / len(items)
     model.train()
@@ -273,14 +274,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     running = {"loss": 0.0, "cls": 0.0, "reg": 0.0, "heat": 0.0}
     n_running = 0
     net.train()
-    for crop, presence, coords in loader:
+    for crop, presence, coords, known in loader:
         if step >= args.steps:
             break
-        crop, presence, coords = crop.to(device), presence.to(device), coords.to(device)
+        crop, presence, coords, known = crop.to(device), presence.to(device), coords.to(device), known.to(device)
         with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
             out = net(crop)
         loss = vertebrae_loss(out, presence, coords, args.balance, heatmap_weight=args.heatmap_weight,
-                              heatmap_stride=model.heatmap_stride)
+                              heatmap_stride=model.heatmap_stride, known=known)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss["total"]).backward()
         scaler.unscale_(optimizer)

@@ -46,7 +46,7 @@ def test_mirror_augmentation_moves_the_target_with_the_image():
     case.centroids[20] = (10.0, 12.0, 3.0)
     seen_mirrored = False
     for seed in range(20):
-        crop, presence, coords = make_crop(case, np.random.default_rng(seed), (32, 24, 24), start=(0, 0, 0))
+        crop, presence, coords, _ = make_crop(case, np.random.default_rng(seed), (32, 24, 24), start=(0, 0, 0))
         k, j, i = np.unravel_index(np.argmax(crop[0]), crop[0].shape)
         assert abs(i - coords[20, 2]) < 1e-4  # the target follows the voxel, mirrored or not
         seen_mirrored |= i != 3
@@ -67,6 +67,32 @@ def test_the_papers_loss_ignores_the_coordinates_of_absent_vertebrae():
     bad = good.clone()
     bad[0, 3, 0] += 3.0
     assert float(vertebrae_loss({"logits": logits, "coords": bad}, presence, target)["reg"]) > 0
+
+
+def test_a_partly_annotated_real_ct_teaches_nothing_about_the_levels_outside_its_span():
+    """A chest CT annotated T2-T12: an unannotated C7 or L1 in view is unknown, not absent."""
+    from training.prepared import annotated_span
+    from VertebraeLabeling.VertebraeLabelingLib.vertebrae import NAME_TO_INDEX
+
+    span = annotated_span(["T2", "T5", "T12"])
+    assert span[NAME_TO_INDEX["T2"]:NAME_TO_INDEX["T12"] + 1].all()  # T3, T4 ... inside the span: decided
+    assert span.sum() == 11 and not span[NAME_TO_INDEX["T1"]] and not span[NAME_TO_INDEX["L1"]]
+
+    logits = torch.full((1, 26), 3.0)  # the network says every level is here
+    presence = torch.zeros(1, 26)
+    coords = torch.zeros(1, 26, 3)
+    known = torch.from_numpy(span.astype(np.float32))[None]
+    everything = vertebrae_loss({"logits": logits, "coords": coords}, presence, coords)["cls"]
+    only_span = vertebrae_loss({"logits": logits, "coords": coords}, presence, coords, known=known)["cls"]
+    assert 0 < float(only_span) < float(everything)
+    np.testing.assert_allclose(float(only_span), float(everything) * 11 / 26, rtol=1e-5)
+
+    case = _case()
+    case.known = span
+    *_, crop_known = make_crop(case, np.random.default_rng(0), (32, 24, 24), start=(0, 0, 0))
+    np.testing.assert_array_equal(crop_known, span.astype(np.float32))
+    *_, all_known = make_crop(_case(), np.random.default_rng(0), (32, 24, 24), start=(0, 0, 0))
+    assert all_known.min() == 1.0
 
 
 def test_heatmap_term_is_zero_at_the_target_and_positive_elsewhere():
