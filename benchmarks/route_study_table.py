@@ -1,4 +1,4 @@
-"""The procedural-vs-painted table of ``training/README.md`` from the evaluation records of each arm.
+"""The table of ``training/studies/2026-11-26-procedural-vs-painted.md`` from the evaluation records of each arm.
 
 Each arm folder holds the ``training.evaluate`` outputs that ``benchmarks.variant_sweep`` wrote for it
 (``eval_lumbar_crop``, ``eval_plain_chest``, ``eval_chest_CTA``, ``eval_abdomen_TS``, ``eval_synthetic``)::

@@ -4,8 +4,8 @@ The procedural generator (:mod:`training.synthetic`) builds vertebrae from param
 map (TotalSegmentator v2 or VerSe ids) holds true vertebra shapes, their neighbours and the organs around
 them. Painting every label with a random intensity (Billot et al., SynthSeg) teaches shapes rather than one
 HU table, and a random deformation makes one label map yield endless distinct cases. Which of the two
-routes transfers better to real CTs was measured on 2026-11-26 (``training/README.md``, "Procedural vs
-painted, measured"): mixed in with procedural cases, paintings of one real lumbar map helped on real CTs of
+routes transfers better to real CTs was measured on 2026-11-26
+(``training/studies/2026-11-26-procedural-vs-painted.md``): mixed in with procedural cases, paintings of one real lumbar map helped on real CTs of
 other patients.
 
 One case, everything drawn from one ``numpy.random.Generator`` seeded with ``seed``:

@@ -1,10 +1,11 @@
-"""The procedural-vs-painted table is rebuilt from the committed evaluation records, as the README shows it."""
+"""The procedural-vs-painted table is rebuilt from the committed evaluation records, as the study shows it."""
 
 import os
 
 from benchmarks.route_study_table import table
 
 RECORDS = os.path.join(os.path.dirname(__file__), "..", "..", "training", "checkpoints", "route_study_s9")
+STUDY = os.path.join(RECORDS, "..", "..", "studies", "2026-11-26-procedural-vs-painted.md")
 
 
 def test_the_route_table_reads_every_arm_from_its_records():
@@ -13,6 +14,6 @@ def test_the_route_table_reads_every_arm_from_its_records():
     mix = [r for r in rows if r.startswith("| procedural + painted")]
     # the mix names the lumbar crop's L3 (an identified vertebra shows its name and error, a miss an arrow)
     assert len(mix) == 2 and all("| L3 " in r for r in mix)
-    with open(os.path.join(RECORDS, "..", "..", "README.md"), encoding="utf-8") as f:
-        readme = f.read()
-    assert all(r in readme for r in rows), "training/README.md shows another table than the records give"
+    with open(STUDY, encoding="utf-8") as f:
+        study = f.read()
+    assert all(r in study for r in rows), f"{os.path.basename(STUDY)} shows another table than the records give"
