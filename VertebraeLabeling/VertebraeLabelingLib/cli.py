@@ -5,6 +5,7 @@ Examples::
     vertebrae-labeling ct.nii.gz                         # writes ct.mrk.json next to it
     vertebrae-labeling dicom_folder/ -o out.csv --format csv
     vertebrae-labeling ct.nrrd --format verse --overview ct.png
+    vertebrae-labeling pacs_export/ cases.csv --out-dir results/ --jobs 2   # a cohort (see cohort.py)
 """
 
 import argparse
@@ -18,7 +19,7 @@ from .defaults import DEFAULT_ANCHORS, DEFAULT_MIN_PROBABILITY, DEFAULT_MIRROR, 
 from .errors import CancelledError, VertebraeLabelingError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
-_EXTENSIONS = {"mrk": ".mrk.json", "verse": "_ctd.json", "csv": ".csv"}
+_EXTENSIONS = {"mrk": ".mrk.json", "verse": "_ctd.json", "csv": ".csv", "dicom-sr": ".sr.dcm"}
 
 
 def _strip_image_ext(path: str) -> str:
@@ -92,10 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="vertebrae-labeling",
         description="Find and name the vertebrae (C1-S2) of a CT; write their centroids.",
     )
-    parser.add_argument("ct_path", help="CT file (.nii/.nii.gz/.nrrd/.mha) or a folder with one DICOM series")
+    parser.add_argument("ct_path", nargs="+",
+                        help="CT file (.nii/.nii.gz/.nrrd/.mha) or a folder with one DICOM series; with --out-dir, "
+                             "any number of files, folders, DICOM trees and CSV lists (a cohort)")
     parser.add_argument("-o", "--output", help="output file (default: next to the CT, named after it)")
     parser.add_argument("--format", choices=sorted(_EXTENSIONS), default="mrk",
-                        help="mrk = Slicer markups JSON (LPS), verse = VerSe _ctd.json, csv (default: mrk)")
+                        help="mrk = Slicer markups JSON (LPS), verse = VerSe _ctd.json, csv, dicom-sr = DICOM "
+                             "Comprehensive 3D SR for a DICOM input (needs the [dicom] extra) (default: mrk)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
     parser.add_argument("--model", help="weights file (.pt with its .json manifest); default: the bundled model")
     parser.add_argument("--overview", metavar="PNG", help="also save a sagittal/coronal picture with the labels")
@@ -116,12 +120,28 @@ def build_parser() -> argparse.ArgumentParser:
                              "corrections, is never replaced)")
     parser.add_argument("--threads", type=int, help="CPU threads for PyTorch (default: all cores)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no table")
+    group = parser.add_argument_group("cohorts (many CTs in one run)")
+    group.add_argument("--out-dir", help="label every case of the inputs into this folder: one result per case "
+                                         "(patient/study/series for DICOM), summary.csv/json, series.csv; cases "
+                                         "whose result exists are skipped (a stopped run resumes)")
+    group.add_argument("--jobs", type=int, default=1, help="cases labeled at once, one process each (default 1)")
+    group.add_argument("--scheduler", metavar="ADDRESS",
+                       help="run on Dask: 'local' for a LocalCluster of --jobs workers, or a scheduler address "
+                            "such as tcp://host:8786 (needs the [cluster] extra)")
+    group.add_argument("--shard", metavar="K/N", help="label only the K-th of N shares of the cases (job arrays)")
+    group.add_argument("--overviews", action="store_true", help="also save a PNG overview next to each result")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.out_dir or len(args.ct_path) > 1 or args.ct_path[0].lower().endswith(".csv"):
+        return main_cohort(args)
+    if args.shard or args.scheduler or args.jobs != 1 or args.overviews:
+        print("error: --jobs, --scheduler, --shard and --overviews label a cohort: give --out-dir", file=sys.stderr)
+        return EXIT_USAGE
+    args.ct_path = args.ct_path[0]
     output = args.output or default_output(args.ct_path, args.format)
     problem = output_problem(output)
     if problem:  # say so now, not after minutes of work
@@ -147,12 +167,22 @@ def main(argv: Optional[list[str]] = None) -> int:
         torch.set_num_threads(args.threads)
     progress = None if args.quiet else ProgressBar()
     try:
+        source_dicom_files = None
+        if args.format == "dicom-sr":
+            from .dicom_sr import source_files_of
+
+            source_dicom_files = source_files_of(args.ct_path)
+            if not source_dicom_files:
+                print("error: --format dicom-sr needs a DICOM input (a folder with the CT series): the report "
+                      "refers to the CT's series and frame of reference", file=sys.stderr)
+                return EXIT_ERROR
         image = read_image(args.ct_path)
         model, manifest = load_model(args.model, device="cpu")
         result = label_ct(image, model=model, device=args.device, progress=progress, stride=args.stride,
                           min_probability=args.min_probability, exhaustive=args.exhaustive, mirror=args.mirror,
                           anchors=args.anchors)
-        write_result(result, output, args.format, reference_image=image)
+        write_result(result, output, args.format, reference_image=image, source_dicom_files=source_dicom_files,
+                     model_description=str(manifest.get("description", "")))
         if args.overview:
             from .overview import render_overview
 
@@ -177,6 +207,71 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"{len(result.vertebrae)} vertebrae, {result.num_blocks} blocks ({timing})")
         print(f"wrote {output}" + (f" and {args.overview}" if args.overview else ""))
     return EXIT_OK
+
+
+def _out_dir_problem(out_dir: str) -> Optional[str]:
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        return f"--out-dir {out_dir} is a file, not a folder"
+    return output_problem(os.path.join(out_dir, "summary.csv"))
+
+
+def main_cohort(args: argparse.Namespace) -> int:
+    """Label many CTs: every case of the inputs into ``--out-dir`` (see :mod:`cohort`)."""
+    from . import cohort
+
+    if not args.out_dir:
+        print("error: several inputs or a CSV list make a cohort: give --out-dir for its results", file=sys.stderr)
+        return EXIT_USAGE
+    if args.output or args.overview:
+        print("error: -o and --overview name one file; a cohort writes one result per case under --out-dir "
+              "(--overviews for pictures)", file=sys.stderr)
+        return EXIT_USAGE
+    if args.jobs < 1 or args.stride < 1:
+        print("error: --jobs and --stride must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        shard = cohort.parse_shard(args.shard) if args.shard else None
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    problem = _out_dir_problem(args.out_dir)
+    if problem:  # before reading thousands of headers
+        print(f"error: {problem}", file=sys.stderr)
+        return EXIT_ERROR
+    threads = args.threads
+    if threads is None and args.jobs > 1 and args.scheduler in (None, "local"):
+        threads = max(1, (os.cpu_count() or 1) // args.jobs)  # the cores are shared between the workers
+    options = cohort.LabelOptions(fmt=args.format, model=args.model, device=args.device, stride=args.stride,
+                                  min_probability=args.min_probability, mirror=args.mirror, anchors=args.anchors,
+                                  exhaustive=args.exhaustive, threads=threads, overviews=args.overviews)
+    progress = None if args.quiet else ProgressBar()
+    try:
+        plan = cohort.collect_cases(args.ct_path, progress=progress)
+        skipped = [row for row in plan.series_rows if row["decision"] == "skipped"]
+        if not args.quiet:
+            print(f"{len(plan.cases)} case(s) to label; {len(skipped)} DICOM series or file(s) left out "
+                  f"(reasons in {os.path.join(args.out_dir, 'series.csv')})", file=sys.stderr)
+            for row in skipped[:20]:
+                where = row.get("description") or row.get("path", "")
+                print(f"  skipped {where}: {row['reason']}", file=sys.stderr)
+            if len(skipped) > 20:
+                print(f"  ... and {len(skipped) - 20} more", file=sys.stderr)
+        report = cohort.run_cohort(plan, args.out_dir, options, jobs=args.jobs, scheduler=args.scheduler,
+                                   shard=shard, overwrite=args.overwrite, progress=progress)
+    except KeyboardInterrupt:
+        print(f"\ncancelled: finished cases are kept and listed in {args.out_dir}; run the same command again "
+              "to label the rest", file=sys.stderr)
+        return EXIT_CANCELLED
+    except (VertebraeLabelingError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    counts = ", ".join(f"{n} {status}" for status, n in sorted(report.counts().items()))
+    if not args.quiet:
+        for record in report.failed:
+            print(f"failed: {record.case}: {record.error}", file=sys.stderr)
+        print(f"{len(report.records)} case(s): {counts}")
+        print(f"wrote {report.summary_csv} and {report.summary_json}")
+    return EXIT_ERROR if report.failed else EXIT_OK
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -161,9 +161,15 @@ def write_csv(result: Any, path: str) -> None:
     write_text_atomic(path, csv_text(result))
 
 
-def write_result(result: Any, path: str, fmt: str, reference_image: Optional[sitk.Image] = None) -> None:
-    """Write ``result`` in format ``mrk``, ``verse`` or ``csv``."""
-    if fmt == "mrk":
+def write_result(result: Any, path: str, fmt: str, reference_image: Optional[sitk.Image] = None,
+                 source_dicom_files: Optional[list[str]] = None, model_description: str = "") -> None:
+    """Write ``result`` in format ``mrk``, ``verse``, ``csv`` or ``dicom-sr`` (which needs the labeled CT's
+    DICOM files, ``source_dicom_files``, and the optional highdicom package: :mod:`dicom_sr`)."""
+    if fmt == "dicom-sr":
+        from .dicom_sr import write_dicom_sr
+
+        write_dicom_sr(result, path, source_dicom_files or [], model_description)
+    elif fmt == "mrk":
         write_markups_json(result, path)
     elif fmt == "verse":
         if reference_image is None:
