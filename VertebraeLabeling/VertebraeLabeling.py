@@ -111,6 +111,8 @@ SELECTION_NODE_ID = "vtkMRMLSelectionNodeSingleton"
 # How a name was reached, for names the user gave or that follow from one (see renamePoint).
 BASIS_BY_HAND = "named by hand"
 BASIS_RENUMBERED = "renumbered from {name}"
+# Where "Save as training case" last saved (application settings, so it survives a restart).
+SETTINGS_TRAINING_FOLDER = "VertebraeLabeling/TrainingCaseFolder"
 
 _CONFIDENCE_RE = re.compile(r"confidence\s*[=:]?\s*([0-9]*\.?[0-9]+)", re.IGNORECASE)
 # "confidence 0.93; last rib pair": what the module writes into each point's description.
@@ -422,11 +424,14 @@ class VertebraeLabelingLogic(ScriptedLoadableModuleLogic):
 
     # ---- running ---------------------------------------------------------------------------
 
-    def writeVolume(self, volumeNode, path: str) -> None:
-        """Write a volume node with Slicer's own writer (so the child sees exactly its geometry)."""
+    def writeVolume(self, volumeNode, path: str, compress: bool = False) -> None:
+        """Write a volume node with Slicer's own writer (so the child sees exactly its geometry).
+
+        Uncompressed by default: faster, and the worker's copy is deleted right after the run.
+        """
         storageNode = slicer.vtkMRMLVolumeArchetypeStorageNode()
         storageNode.SetFileName(path)
-        storageNode.UseCompressionOff()  # faster, and the file is deleted right after the run
+        storageNode.SetUseCompression(1 if compress else 0)
         if not storageNode.WriteData(volumeNode):
             raise RuntimeError(f"Could not write the volume to {path}")
 
@@ -817,6 +822,54 @@ class VertebraeLabelingLogic(ScriptedLoadableModuleLogic):
 
         outputs.write_csv(self._labelingResult(outputNode), path)
 
+    # ---- training cases --------------------------------------------------------------------
+
+    def trainingCasePoints(self, outputNode, volumeNode) -> tuple[list, list[str]]:
+        """``([(label, LPS mm, how it was named)], [points left out])`` of the set, in the CT file's frame.
+
+        The CT is saved by its storage node, which ignores the volume's parent transform; each point is
+        taken in world coordinates and brought into the volume's own frame, so the points match the
+        saved CT whichever transforms the point lists and the volume are under.
+        """
+        worldToVolume = vtk.vtkGeneralTransform()
+        slicer.vtkMRMLTransformNode.GetTransformBetweenNodes(None, volumeNode.GetParentTransformNode(), worldToVolume)
+        entries, skipped = [], []
+        for p in self.points(outputNode):
+            if p.node.GetNthControlPointPositionStatus(p.index) != slicer.vtkMRMLMarkupsNode.PositionDefined:
+                skipped.append(f"'{p.label}': position not set")
+                continue
+            world = [0.0, 0.0, 0.0]
+            p.node.GetNthControlPointPositionWorld(p.index, world)
+            x, y, z = worldToVolume.TransformPoint(world)
+            entries.append((p.label, (-x, -y, z), p.basis))
+        return entries, skipped
+
+    def saveAsTrainingCase(self, outputNode, volumeNode, folder: str, caseName: Optional[str] = None,
+                           overwrite: bool = False):
+        """Write the CT and the set's points as ``folder/<caseName>/`` (``ct.nii.gz`` + ``vertebrae.mrk.json``).
+
+        The writing is the core's (``training_cases.save_training_case``); this only collects the nodes.
+        ``caseName`` defaults to one made from the volume's name. Returns the core's ``SavedCase``, whose
+        ``skipped`` also lists the points without a position.
+
+        Raises:
+            ValueError: no CT or no points, no point names a vertebra, two points name the same one.
+            training_cases.CaseExistsError: the case exists and ``overwrite`` is False (nothing is written).
+        """
+        from VertebraeLabelingLib import training_cases
+
+        if volumeNode is None or volumeNode.GetImageData() is None:
+            raise ValueError(_("Select the CT the points belong to."))
+        if outputNode is None:
+            raise ValueError(_("Select the point list to save."))
+        entries, unplaced = self.trainingCasePoints(outputNode, volumeNode)
+        name = caseName or training_cases.case_name_for(volumeNode.GetName())
+        saved = training_cases.save_training_case(
+            folder, name, lambda path: self.writeVolume(volumeNode, path, compress=True), entries,
+            overwrite=overwrite, node_name=outputNode.GetName())
+        saved.skipped[:0] = unplaced
+        return saved
+
     @staticmethod
     def _referenceImage(volumeNode):
         """A SimpleITK image with the volume's geometry (voxels are not needed, so not copied)."""
@@ -953,6 +1006,7 @@ class VertebraeLabelingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui.exportMrkButton.connect("clicked(bool)", lambda: self.onExport("mrk"))
         self.ui.exportVerseButton.connect("clicked(bool)", lambda: self.onExport("verse"))
         self.ui.exportCsvButton.connect("clicked(bool)", lambda: self.onExport("csv"))
+        self.ui.saveTrainingCaseButton.connect("clicked(bool)", self.onSaveTrainingCase)
         self.ui.outputMarkupsSelector.connect("currentNodeChanged(vtkMRMLNode*)", self._observeOutput)
 
         self.ui.progressBar.hide()
@@ -1270,7 +1324,7 @@ class VertebraeLabelingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
                 table.setItem(row, col, item)
         hasPoints = bool(self._tablePoints)
         for button in (self.ui.renameButton, self.ui.renumberButton, self.ui.exportMrkButton,
-                       self.ui.exportVerseButton, self.ui.exportCsvButton):
+                       self.ui.exportVerseButton, self.ui.exportCsvButton, self.ui.saveTrainingCaseButton):
             button.enabled = hasPoints
 
     def onTableCellClicked(self, row: int, column: int) -> None:
@@ -1314,6 +1368,60 @@ class VertebraeLabelingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         ok, _unused = self._run(_("Export failed."), export)
         if ok:
             self._addLog(_("Exported {path}").format(path=path))
+
+    def onSaveTrainingCase(self) -> None:
+        """Save the CT and its (corrected) points as a training case in a folder the user picks."""
+        from VertebraeLabelingLib import training_cases
+
+        outputNode = self._parameterNode.outputMarkups if self._parameterNode else None
+        if outputNode is None:
+            return
+        volumeNode = self.logic.sourceVolume(outputNode) or self._parameterNode.inputVolume
+        if volumeNode is None:
+            slicer.util.warningDisplay(_("Select the CT the points belong to."), parent=slicer.util.mainWindow())
+            return
+        settings = qt.QSettings()
+        folder = qt.QFileDialog.getExistingDirectory(
+            self.parent, _("Folder of training cases (one sub-folder per CT)"),
+            str(settings.value(SETTINGS_TRAINING_FOLDER, "") or ""))
+        if not folder:
+            return
+        settings.setValue(SETTINGS_TRAINING_FOLDER, folder)
+        caseName = training_cases.case_name_for(volumeNode.GetName())
+        overwrite = False
+        if os.path.lexists(os.path.join(folder, caseName)):
+            other = training_cases.free_case_name(folder, caseName)
+            box = qt.QMessageBox(slicer.util.mainWindow())
+            box.setIcon(qt.QMessageBox.Question)
+            box.setWindowTitle(_("Vertebrae Labeling"))
+            box.setText(_("A training case named '{name}' already exists in {folder}. Replace it?").format(
+                name=caseName, folder=folder))
+            replace = box.addButton(_("Replace"), qt.QMessageBox.DestructiveRole)
+            keepBoth = box.addButton(_("Save as '{name}'").format(name=other), qt.QMessageBox.AcceptRole)
+            box.addButton(qt.QMessageBox.Cancel)
+            box.exec_()
+            clicked = box.clickedButton()
+            box.deleteLater()
+            if clicked == replace:
+                overwrite = True
+            elif clicked == keepBoth:
+                caseName = other
+            else:
+                return
+        ok, saved = self._run(_("Could not save the training case."), lambda: self.logic.saveAsTrainingCase(
+            outputNode, volumeNode, folder, caseName, overwrite))
+        if not ok:
+            return
+        lines = [_("Saved the CT and {n} vertebrae ({first} to {last}) to {path}.").format(
+            n=len(saved.names), first=saved.names[0], last=saved.names[-1], path=saved.folder)]
+        if saved.skipped:
+            lines.append(_("Not saved (no vertebra name or no position):") + " " + "; ".join(saved.skipped))
+        lines.extend(saved.warnings)
+        lines.append(_("Train on the folder with: python -m training.train --data markups:{folder}").format(
+            folder=folder))
+        for line in lines:
+            self._addLog(line)
+        slicer.util.infoDisplay("\n".join(lines), windowTitle=_("Vertebrae Labeling"), parent=slicer.util.mainWindow())
 
 
 #
