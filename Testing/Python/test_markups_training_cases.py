@@ -330,6 +330,22 @@ def test_training_runs_on_a_markups_folder(tmp_path, sample_case_folder):
     assert len(rows) >= 2 and (run / "last.pt").is_file()
 
 
+def test_evaluation_reads_a_markups_folder(tmp_path, sample_case_folder):
+    """The points are only placed along the image's axis, so the errors mean nothing: what is checked is that
+    every saved point is scored as a truth of its case."""
+    pytest.importorskip("torch")
+    import csv
+
+    from training import evaluate as evaluate_cli
+
+    out = tmp_path / "evaluation"
+    assert evaluate_cli.main(["--data", f"markups:{sample_case_folder}", "--device", "cpu", "--no-progress",
+                              "--out", str(out)]) == 0
+    (row,) = list(csv.DictReader((out / "cases.csv").open(encoding="utf-8")))
+    assert row["case_id"] == "abdomen" and row["n_truth"] == "4"
+    assert json.loads((out / "summary.json").read_text(encoding="utf-8"))["data"] == [f"markups:{sample_case_folder}"]
+
+
 # ---------------------------------------------------------------------------------------------
 # Slicer's own files: slicer-core's storage nodes (skipped without slicer-core)
 # ---------------------------------------------------------------------------------------------
