@@ -51,8 +51,16 @@ def write_series(folder: str, image: sitk.Image, *, patient_id: str = "P001", pa
         }
         for tag, value in tags.items():
             slice_.SetMetaData(tag, value)
-        writer.SetFileName(os.path.join(folder, f"{prefix}{series_number:03d}_{k:04d}.dcm"))
+        path = os.path.join(folder, f"{prefix}{series_number:03d}_{k:04d}.dcm")
+        writer.SetFileName(path)
         writer.Execute(slice_)
+        if charset != "ISO_IR 192" and not patient_name.isascii():
+            # SimpleITK writes text as UTF-8; pydicom encodes it in the file's own character set.
+            import pydicom
+
+            ds = pydicom.dcmread(path)
+            ds.PatientName = patient_name
+            ds.save_as(path)
     return uids
 
 

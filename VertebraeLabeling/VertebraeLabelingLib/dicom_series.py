@@ -24,6 +24,7 @@ import hashlib
 import os
 import re
 import unicodedata
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -252,7 +253,9 @@ def _why_not_an_image(path: str) -> Optional[str]:
     except ImportError:
         return "a DICOM object without an image SimpleITK can read (a report, a dose summary, or a broken file)"
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a truncated file is reported below, not warned about
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
     except Exception as exc:  # noqa: BLE001 - any parse error means the file is broken
         return f"broken DICOM file ({str(exc).splitlines()[0][:120]})"
     modality = str(getattr(ds, "Modality", "") or "")

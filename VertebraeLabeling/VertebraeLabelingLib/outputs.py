@@ -54,8 +54,8 @@ def atomic_output(path: str) -> Iterator[str]:
 
 
 def write_text_atomic(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (see :func:`atomic_output`)."""
-    with atomic_output(path) as tmp, open(tmp, "w", newline="") as handle:
+    """Write ``text`` to ``path`` atomically (see :func:`atomic_output`), UTF-8 whatever the locale."""
+    with atomic_output(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
         handle.write(text)
 
 
