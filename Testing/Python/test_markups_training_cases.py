@@ -533,3 +533,108 @@ def test_save_as_training_case_round_trip(mod, scene, tmp_path):
     assert Path(again.folder).name == "Patient_12_CT_abdomen_2"
     with pytest.raises(ValueError, match="Select the CT"):
         logic.saveAsTrainingCase(out, None, str(folder))
+
+
+class _FakeQt:
+    """The few Qt classes the panel's "Save as training case" uses, answering as a user would (slicer-core has no Qt)."""
+
+    def __init__(self, folder: str, answers: list):
+        self.asked: list = []
+        fake = self
+
+        class QSettings:
+            stored: dict = {}
+
+            def value(self, key, default=None):
+                return self.stored.get(key, default)
+
+            def setValue(self, key, value):  # noqa: N802 - Qt's name
+                self.stored[key] = value
+
+        class QFileDialog:
+            @staticmethod
+            def getExistingDirectory(parent, caption, start):  # noqa: N802
+                return folder
+
+        class QMessageBox:
+            Question = DestructiveRole = AcceptRole = Cancel = object()
+
+            def __init__(self, parent=None):
+                self.buttons, self.clicked = [], None
+
+            def setIcon(self, icon):  # noqa: N802
+                pass
+
+            def setWindowTitle(self, title):  # noqa: N802
+                pass
+
+            def setText(self, text):  # noqa: N802
+                fake.asked.append(text)
+
+            def addButton(self, text, role=None):  # noqa: N802
+                button = text if isinstance(text, str) else "Cancel"
+                self.buttons.append(button)
+                return button
+
+            def exec_(self):
+                answer = answers.pop(0)
+                self.clicked = next(b for b in self.buttons if b.startswith(answer))
+
+            def clickedButton(self):  # noqa: N802
+                return self.clicked
+
+            def deleteLater(self):  # noqa: N802
+                pass
+
+        self.QSettings, self.QFileDialog, self.QMessageBox = QSettings, QFileDialog, QMessageBox
+
+
+def test_the_panel_asks_before_replacing_a_saved_case(mod, scene, tmp_path, monkeypatch):
+    import types
+
+    import slicer
+
+    oblique_ct(tmp_path / "scan.nii.gz")
+    volume = _slicer_volume(scene, tmp_path / "scan.nii.gz")
+    logic = mod.VertebraeLabelingLogic()
+    out = logic.createOutputNode(volume)
+    logic.setResult(out, volume, {"vertebrae": [{"name": n, "position": list(_slicer_blob_ras(volume, n) * [-1, -1, 1]),
+                                                 "confidence": 0.9} for n in INDICES]})
+    folder = tmp_path / "cases"
+    answers: list = []
+    fake_qt = _FakeQt(str(folder), answers)
+    shown, errors, log = [], [], []
+    monkeypatch.setattr(mod, "qt", fake_qt, raising=False)
+    monkeypatch.setattr(slicer.util, "mainWindow", lambda: None, raising=False)
+    monkeypatch.setattr(slicer.util, "infoDisplay", lambda text, **kw: shown.append(text), raising=False)
+    widget = mod.VertebraeLabelingWidget.__new__(mod.VertebraeLabelingWidget)
+    widget.logic, widget.parent = logic, None
+    widget._parameterNode = types.SimpleNamespace(outputMarkups=out, inputVolume=volume)
+    widget.ui = types.SimpleNamespace(logTextEdit=types.SimpleNamespace(appendPlainText=log.append))
+    widget._run = lambda message, func, **kw: mod.callReportingErrors(func, lambda t, d: errors.append(t), message)
+
+    widget.onSaveTrainingCase()
+    case = folder / "scan"
+    assert sorted(os.listdir(case)) == ["ct.nii.gz", "vertebrae.mrk.json"] and not fake_qt.asked and not errors
+    assert shown[-1].startswith(f"Saved the CT and 4 vertebrae (T11 to L2) to {case}.")
+    assert f"--data markups:{folder}" in shown[-1]
+    before = {n: (case / n).read_bytes() for n in os.listdir(case)}
+
+    # The user moves a point and saves again: asked first; Cancel changes nothing.
+    p = logic.points(out)[0]
+    p.node.SetNthControlPointPosition(p.index, *(np.array(p.positionRas) + [0, 0, 5.0]))
+    answers.append("Cancel")
+    widget.onSaveTrainingCase()
+    assert fake_qt.asked[-1] == f"A training case named 'scan' already exists in {folder}. Replace it?"
+    assert {n: (case / n).read_bytes() for n in os.listdir(case)} == before and len(shown) == 1
+    # "Save as 'scan_2'" keeps both.
+    answers.append("Save as 'scan_2'")
+    widget.onSaveTrainingCase()
+    assert sorted(os.listdir(folder)) == ["scan", "scan_2"]
+    assert {n: (case / n).read_bytes() for n in os.listdir(case)} == before
+    # "Replace" replaces.
+    answers.append("Replace")
+    widget.onSaveTrainingCase()
+    assert sorted(os.listdir(folder)) == ["scan", "scan_2"]
+    assert (case / "vertebrae.mrk.json").read_bytes() != before["vertebrae.mrk.json"]
+    assert not errors and not answers
