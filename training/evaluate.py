@@ -2,7 +2,7 @@
 
 Examples::
 
-    python -m training.evaluate --data labelmap:../shared/data/ts_example_ct --out eval/real
+    python -m training.evaluate --data labelmap:.cache/reference_data/ts_abdomen_bodies --whole-only --out eval/real
     python -m training.evaluate --data verse:/data/verse20 --model model.pt --out eval/verse
     python -m training.evaluate --synthetic 200 --seed0 900000 --out eval/synthetic
     python -m training.evaluate --synthetic 20 --seed0 910000 --synthetic-variant 13_ribs --out eval/13_ribs
