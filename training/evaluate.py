@@ -206,7 +206,7 @@ def _variant_arg(text: str) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n")[0])
     parser.add_argument("--data", action="append", default=[],
-                        help="data spec (verse:PATH, csi:PATH, labelmap:PATH[?options]); repeatable")
+                        help="data spec (verse:PATH, csi:PATH, labelmap:PATH[?options], markups:PATH); repeatable")
     parser.add_argument("--synthetic", type=int, default=0, metavar="N", help="also evaluate N generated cases")
     parser.add_argument("--seed0", type=int, default=1_000_000, help="first seed of the generated cases")
     parser.add_argument("--synthetic-variant", default=None, type=_variant_arg, metavar="NAME",
