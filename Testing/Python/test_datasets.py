@@ -1,4 +1,4 @@
-"""Real-data loaders: label maps (shared TotalSegmentator cases), VerSe and CSI formats."""
+"""Real-data loaders: label maps (TotalSegmentator's sample cases), VerSe and CSI formats."""
 
 import json
 import os
@@ -7,6 +7,7 @@ import shutil
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from conftest import DICOM_CENTROIDS, SAMPLE_CENTROIDS, ras_centroids
 
 from training.datasets import (
     ImageGeometry,
@@ -25,12 +26,6 @@ from training.datasets.verse import find_verse_cases
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FIXTURES = os.path.join(HERE, "..", "Data", "fixtures")
-SHARED = os.path.abspath(os.path.join(HERE, "..", "..", "..", "shared", "data"))
-if not os.path.isdir(SHARED):
-    SHARED = "/work/shared/data"
-TS_CT = os.path.join(SHARED, "ts_example_ct")
-TS_DICOM = os.path.join(SHARED, "ts_example_ct_dicom")
-needs_shared = pytest.mark.skipif(not os.path.isdir(TS_CT), reason="shared TotalSegmentator cases not available")
 
 
 def ras_to_lps(p):
@@ -51,45 +46,41 @@ def small_image(path=None, size=(10, 20, 30), spacing=(1.0, 2.0, 3.0), origin=(0
 
 # --------------------------------------------------------------------------- label maps
 
-@needs_shared
-def test_labelmap_centroids_match_reference_json():
-    cases = load_dataset(f"labelmap:{TS_CT}")
+def test_labelmap_centroids_match_reference_json(sample_case_dir):
+    cases = load_dataset(f"labelmap:{sample_case_dir}")
     assert len(cases) == 1
     case = cases[0]
     assert case.image_path.endswith("ct.nii.gz")
-    reference = json.load(open(os.path.join(TS_CT, "centroids_from_forcesplit.json")))
-    expected = {v["name"]: ras_to_lps(v["centroid_world_mm"]) for v in reference["vertebrae"]}
+    reference, touching = ras_centroids(SAMPLE_CENTROIDS)
+    expected = {name: ras_to_lps(p) for name, p in reference.items()}
     assert set(case.centroids) == set(expected) - {"sacrum"}
     for name, pos in case.centroids.items():
         assert np.linalg.norm(pos - expected[name]) < 0.5, name
     # T12 and T11 touch the volume's edge in the reference; the loader must say so too.
-    touching = {v["name"] for v in reference["vertebrae"] if v["touches_border"]}
     assert set(case.partial) == touching == {"T11", "T12"}
     assert set(case.whole_centroids()) == {"L1", "L2", "L3", "L4", "L5", "S1"}
     assert any("sacrum" in n and "not used as S2" in n for n in case.notes)
     assert list(case.centroids) == ["T11", "T12", "L1", "L2", "L3", "L4", "L5", "S1"]  # spine order
 
 
-@needs_shared
-def test_labelmap_options_sacrum_as_s2_and_seg_pattern():
-    case = load_dataset(f"labelmap:{TS_CT}?sacrum_as_s2=1&map=ts")[0]
-    reference = json.load(open(os.path.join(TS_CT, "centroids_from_forcesplit.json")))
-    sacrum = next(v for v in reference["vertebrae"] if v["name"] == "sacrum")
-    assert np.linalg.norm(case.centroids["S2"] - ras_to_lps(sacrum["centroid_world_mm"])) < 0.5
-    report = load_dataset(f"labelmap:{TS_CT}?seg=*spine_report*")[0]
+def test_labelmap_options_sacrum_as_s2_and_seg_pattern(sample_case_dir):
+    case = load_dataset(f"labelmap:{sample_case_dir}?sacrum_as_s2=1&map=ts")[0]
+    reference, _ = ras_centroids(SAMPLE_CENTROIDS)
+    assert np.linalg.norm(case.centroids["S2"] - ras_to_lps(reference["sacrum"])) < 0.5
+    report = load_dataset(f"labelmap:{sample_case_dir}?seg=*spine_report*")[0]
     assert "S2" not in report.centroids and "L3" in report.centroids
     assert any("spine_report" in n for n in report.notes)
 
 
-@needs_shared
-def test_labelmap_with_dicom_series():
-    case = load_dataset(f"labelmap:{TS_DICOM}")[0]
+def test_labelmap_with_dicom_series(dicom_case_dir):
+    case = load_dataset(f"labelmap:{dicom_case_dir}")[0]
     assert os.path.isdir(case.image_path)
     image = case.load_image()
     assert image.GetSize() == (512, 512, 20)
-    reference = json.load(open(os.path.join(TS_DICOM, "centroids_from_seg.json")))
-    for v in reference["vertebrae"]:
-        assert np.linalg.norm(case.centroids[v["name"]] - ras_to_lps(v["centroid_world_mm"])) < 0.5
+    reference, _ = ras_centroids(DICOM_CENTROIDS)
+    assert sorted(reference) == ["T11", "T12"]
+    for name, ras in reference.items():
+        assert np.linalg.norm(case.centroids[name] - ras_to_lps(ras)) < 0.5
     # The label map and the DICOM series share a frame: each centroid falls inside the CT.
     for pos in case.centroids.values():
         idx = np.asarray(image.TransformPhysicalPointToContinuousIndex(tuple(pos)))
@@ -341,12 +332,9 @@ def test_body_centres_of_a_spine_tilted_45_degrees_are_still_found():
     assert np.median(errors) < 1.0 and max(errors) < 3.0, np.round(errors, 1)
 
 
-def test_real_case_body_centres_lie_in_front_of_the_centres_of_mass():
-    folder = os.path.join(SHARED, "ts_example_ct")
-    if not os.path.isdir(folder):
-        pytest.skip("shared data not available")
-    mass = load_dataset(f"labelmap:{folder}")[0].centroids
-    body = load_dataset(f"labelmap:{folder}?centre=body")[0].centroids
+def test_real_case_body_centres_lie_in_front_of_the_centres_of_mass(sample_case_dir):
+    mass = load_dataset(f"labelmap:{sample_case_dir}")[0].centroids
+    body = load_dataset(f"labelmap:{sample_case_dir}?centre=body")[0].centroids
     for name in ("L1", "L2", "L3", "L4", "L5", "S1"):
         shift = body[name] - mass[name]
         # in front of the arch by about half a body's depth; S1 leans 45 degrees, so its "in front"

@@ -158,13 +158,8 @@ def test_evaluate_with_a_fake_labeler(tmp_path):
     assert predictions["a"]["predicted_lps"]["L1"] == [1.0, 0.0, 0.0] and predictions["a"]["partial"] == ["L2"]
 
 
-SHARED_CT = "/work/shared/data/ts_example_ct"
-
-
-@pytest.mark.skipif(not os.path.isdir(SHARED_CT), reason="shared case not available")
-def test_cli_runs_on_the_shared_case(tmp_path, capsys):
-    pytest.importorskip("VertebraeLabeling.VertebraeLabelingLib.inference")
-    rc = ev.main(["--data", f"labelmap:{SHARED_CT}", "--out", str(tmp_path), "--no-progress",
+def test_cli_runs_on_the_sample_case(tmp_path, capsys, sample_case_dir):
+    rc = ev.main(["--data", f"labelmap:{sample_case_dir}", "--out", str(tmp_path), "--no-progress",
                   "--device", "cpu", "--whole-only"])
     out = capsys.readouterr().out
     assert rc == 0 and "Id. Rate" in out

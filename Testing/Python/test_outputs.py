@@ -8,7 +8,7 @@ import re
 import jsonschema
 import numpy as np
 import pytest
-from conftest import SHARED, make_ct
+from conftest import SCHEMAS, make_ct
 
 from VertebraeLabeling.VertebraeLabelingLib.inference import LabeledVertebra, LabelingResult
 from VertebraeLabeling.VertebraeLabelingLib.outputs import (
@@ -19,7 +19,7 @@ from VertebraeLabeling.VertebraeLabelingLib.outputs import (
 )
 from VertebraeLabeling.VertebraeLabelingLib.vertebrae import VERSE_ID
 
-SCHEMA = os.path.join(SHARED, "schemas", "markups-schema-v1.0.3.json")
+SCHEMA = os.path.join(SCHEMAS, "markups-schema-v1.0.3.json")
 SLICER_SCHEMA_PATTERN = r".*markups-schema-v1\.[0-9]+\.[0-9]+\.json#*$"
 
 
@@ -37,8 +37,8 @@ def test_markups_json_validates_and_slicer_accepts_its_schema_url(tmp_path, resu
     write_markups_json(result, str(path))
     doc = json.loads(path.read_text())
     assert re.match(SLICER_SCHEMA_PATTERN, doc["@schema"])
-    if os.path.exists(SCHEMA):
-        jsonschema.validate(doc, json.load(open(SCHEMA)))
+    with open(SCHEMA, encoding="utf-8") as f:
+        jsonschema.validate(doc, json.load(f))
     node = doc["markups"][0]
     assert node["type"] == "Fiducial" and node["coordinateSystem"] == "LPS"
     labels = [p["label"] for p in node["controlPoints"]]

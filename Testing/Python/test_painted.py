@@ -1,6 +1,6 @@
 """The painted (SynthSeg) route: a real TotalSegmentator label map, deformed and painted with random intensities.
 
-The story: one real label map (../shared, L1-S1 whole, T11-T12 cut by its own field of view) gives a new
+The story: one real label map (TotalSegmentator's, of the sample CT: L1-S1 whole, T11-T12 cut by its own field of view) gives a new
 case for every seed; the ground truth is read from the deformed map, so it follows the deformation, lies
 in the vertebra it names and keeps the spine's order and spacing; ``painted:DIR`` feeds training like
 ``synthetic`` does.
@@ -12,7 +12,6 @@ import os
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import SHARED_CASE
 
 from training.datasets import label_centroids, read_image
 from training.datasets.labelmap import TOTALSEGMENTATOR_V2
@@ -35,12 +34,10 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def source():
-    """(label map, CT) of the shared TotalSegmentator case."""
-    if not os.path.isdir(SHARED_CASE):
-        pytest.skip("../shared is not available")
-    return (read_image(os.path.join(SHARED_CASE, "seg_total_v2_fast_forcesplit.nii.gz")),
-            read_image(os.path.join(SHARED_CASE, "ct.nii.gz")))
+def source(sample_case_dir):
+    """(label map, CT) of TotalSegmentator's sample case."""
+    return (read_image(os.path.join(sample_case_dir, "seg_total_v2_fast_forcesplit.nii.gz")),
+            read_image(os.path.join(sample_case_dir, "ct.nii.gz")))
 
 
 @pytest.fixture(scope="module")
@@ -148,23 +145,19 @@ def test_the_crop_keeps_at_least_three_vertebrae_and_flags_the_cut_ones(cases, u
                 assert name in case.partial, name
 
 
-def test_a_painted_data_spec_feeds_training():
-    if not os.path.isdir(SHARED_CASE):
-        pytest.skip("../shared is not available")
+def test_a_painted_data_spec_feeds_training(sample_case_dir):
     with pytest.raises(ValueError):
-        CaseSource(f"painted:{SHARED_CASE}?colour=red", seed=0, stream_id=0, num_streams=1)
-    case = next(iter(CaseSource(f"painted:{SHARED_CASE}", seed=0, stream_id=0, num_streams=1)))
+        CaseSource(f"painted:{sample_case_dir}?colour=red", seed=0, stream_id=0, num_streams=1)
+    case = next(iter(CaseSource(f"painted:{sample_case_dir}", seed=0, stream_id=0, num_streams=1)))
     assert isinstance(case, PreparedCase) and case.case_id.startswith("painted-ts_example_ct-")
     assert case.volume.dtype == np.float16 and np.isfinite(case.volume).all()
     assert case.present.sum() >= 3
     assert np.all((case.centroids[case.present] >= 0) & (case.centroids[case.present] < case.volume.shape))
 
 
-def test_painted_and_synthetic_cases_mix_in_turn_and_reproducibly():
+def test_painted_and_synthetic_cases_mix_in_turn_and_reproducibly(sample_case_dir):
     """``--data synthetic painted:DIR`` trains on both routes: one case from each, in turn, seeded."""
-    if not os.path.isdir(SHARED_CASE):
-        pytest.skip("../shared is not available")
-    specs = ["synthetic", f"painted:{SHARED_CASE}"]
+    specs = ["synthetic", f"painted:{sample_case_dir}"]
     ids = [case.case_id for case in itertools.islice(mixed_cases(specs, seed=3, stream_id=0, num_streams=1), 4)]
     assert [i.split("-")[0] for i in ids] == ["synthetic", "painted", "synthetic", "painted"]
     assert len(set(ids)) == 4

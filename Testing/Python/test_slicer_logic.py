@@ -8,7 +8,7 @@ MRML tests need ``slicer-core`` (Python >= 3.10, ~1.3 GB with vtk) and are skipp
 
 The worker test needs torch and runs in the main environment.
 
-Positions come from the TotalSegmentator annotation of the shared CT (RAS world mm), so the
+Positions come from the TotalSegmentator annotation of the sample CT (RAS world mm), so the
 checks test our LPS/RAS handling against an independent source, not against our own code.
 """
 
@@ -26,9 +26,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 MODULE_DIR = ROOT / "VertebraeLabeling"
 WORKER = MODULE_DIR / "Resources" / "Scripts" / "vertebrae_labeling_worker.py"
-CASE = ROOT.parent / "shared" / "data" / "ts_example_ct"
-CT = CASE / "ct.nii.gz" if (CASE / "ct.nii.gz").is_file() else ROOT / "Testing" / "Data" / "ts_example_ct.nii.gz"
-MARKUPS_SCHEMA = ROOT.parent / "shared" / "schemas" / "markups-schema-v1.0.3.json"
+DATA = ROOT / "Testing" / "Data"
+CT = DATA / "ts_example_ct.nii.gz"
+#: TotalSegmentator's centres of mass of the sample CT's vertebrae, computed outside our code (SOURCE.txt)
+ANNOTATION = DATA / "ts_example_ct" / "centroids_from_forcesplit.json"
+MARKUPS_SCHEMA = DATA / "schemas" / "markups-schema-v1.0.3.json"
 
 sys.path.insert(0, str(MODULE_DIR))
 
@@ -37,10 +39,7 @@ def _annotation():
     """{name: RAS mm} of the whole (not border-touching) vertebrae that have one of our names."""
     from VertebraeLabelingLib.vertebrae import NAME_TO_INDEX
 
-    path = CASE / "centroids_from_forcesplit.json"
-    if not path.is_file():
-        pytest.skip("shared annotation not available")
-    data = json.loads(path.read_text())
+    data = json.loads(ANNOTATION.read_text(encoding="utf-8"))
     return {v["name"]: np.array(v["centroid_world_mm"], float) for v in data["vertebrae"]
             if v["name"] in NAME_TO_INDEX and not v["touches_border"]}
 
@@ -121,7 +120,7 @@ def scene(mod):
 
 @pytest.fixture()
 def volume(scene):
-    """The shared CT, read by Slicer's own volume storage node."""
+    """The sample CT, read by Slicer's own volume storage node."""
     import slicer
 
     node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "ct")
@@ -140,10 +139,7 @@ def _ras_by_label(logic, out):
 def test_volume_geometry_matches_annotation_affine(volume):
     import vtk
 
-    path = CASE / "centroids_from_forcesplit.json"
-    if not path.is_file():
-        pytest.skip("shared annotation not available")
-    affine = np.array(json.loads(path.read_text())["affine"])
+    affine = np.array(json.loads(ANNOTATION.read_text(encoding="utf-8"))["affine"])
     m = vtk.vtkMatrix4x4()
     volume.GetIJKToRASMatrix(m)
     ijk_to_ras = np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
@@ -269,9 +265,8 @@ def test_exports(mod, scene, volume, tmp_path):
     mrk = tmp_path / "v.mrk.json"
     logic.exportMarkupsJson(out, str(mrk))
     data = json.loads(mrk.read_text())
-    if MARKUPS_SCHEMA.is_file():
-        jsonschema = pytest.importorskip("jsonschema")
-        jsonschema.validate(data, json.loads(MARKUPS_SCHEMA.read_text()))
+    jsonschema = pytest.importorskip("jsonschema")
+    jsonschema.validate(data, json.loads(MARKUPS_SCHEMA.read_text(encoding="utf-8")))
     reread = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode")
     storage = slicer.vtkMRMLMarkupsJsonStorageNode()  # not registered with a bare scene
     scene.AddNode(storage)

@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 MODULE = ROOT / "VertebraeLabeling"
-SCHEMA = ROOT.parent / "shared" / "schemas" / "slicer-extension-catalog-entry-schema-v1.0.2.json"
+SCHEMA = ROOT / "Testing" / "Data" / "schemas" / "slicer-extension-catalog-entry-schema-v1.0.2.json"
 REQUIRED_EXTENSION_VARS = ("EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY", "EXTENSION_CONTRIBUTORS",
                            "EXTENSION_DESCRIPTION", "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS",
                            "EXTENSION_DEPENDS")
@@ -97,8 +97,6 @@ def test_extension_icon_exists_and_is_png():
 
 def test_extension_catalog_entry_validates():
     jsonschema = pytest.importorskip("jsonschema")
-    if not SCHEMA.is_file():
-        pytest.skip(f"schema not found: {SCHEMA}")
     entry = json.loads((ROOT / "VertebraeLabeling.json").read_text(encoding="utf-8"))
     jsonschema.validate(entry, json.loads(SCHEMA.read_text(encoding="utf-8")))
     assert entry["$schema"].endswith("slicer-extension-catalog-entry-schema-v1.0.2.json#")
