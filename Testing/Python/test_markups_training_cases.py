@@ -522,6 +522,19 @@ def test_save_as_training_case_round_trip(mod, scene, tmp_path):
     for name in ("T12", "L1", "L2"):
         assert np.max(np.abs(np.array(loaded["centroids"][name]) - blob_centre_lps(copy, name))) < 0.01, name
 
+    # Slicer opens the saved points again (to review a case) where they were saved.
+    import slicer
+
+    reread = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode")
+    storage = slicer.vtkMRMLMarkupsJsonStorageNode()
+    scene.AddNode(storage)
+    storage.SetFileName(saved.points_path)
+    assert storage.ReadData(reread) and reread.GetNumberOfControlPoints() == 4
+    for i in range(reread.GetNumberOfControlPoints()):
+        pos = [0.0, 0.0, 0.0]
+        reread.GetNthControlPointPosition(i, pos)
+        assert np.max(np.abs(np.array(pos) - expected_ras[reread.GetNthControlPointLabel(i)])) < 0.01
+
     # Saving again under the same name asks first: the Logic refuses, the files stay as they were.
     before = {n: (Path(saved.folder) / n).read_bytes() for n in os.listdir(saved.folder)}
     from VertebraeLabelingLib import training_cases as core
