@@ -245,6 +245,10 @@ def test_a_saved_case_reads_back_with_the_same_centroids(tmp_path):
     assert Path(saved.folder) == root / "CT_abdomen_2_3"
     assert sorted(os.listdir(saved.folder)) == ["ct.nii.gz", "vertebrae.mrk.json"]
     assert saved.names == ["T11", "T12", "L1", "L2", "L3"] and saved.skipped == ["'?': marked as uncertain ('?')"]
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = ROOT / "Testing" / "Data" / "schemas" / "markups-schema-v1.0.3.json"  # Slicer's, with its origin
+    jsonschema.validate(json.loads(Path(saved.points_path).read_text(encoding="utf-8")),
+                        json.loads(schema.read_text(encoding="utf-8")))
     (case,) = load_dataset(f"markups:{root}")
     assert case.case_id == "CT_abdomen_2_3"
     for name, pos, *_ in points:
