@@ -17,6 +17,9 @@ from typing import Optional
 from .cohort import FAILED, Case, CaseRecord, LabelOptions, label_case
 from .errors import VertebraeLabelingError
 
+#: Seconds to wait for a scheduler given by address (a cluster's scheduler may be starting up).
+CONNECT_TIMEOUT_S: float = 30.0
+
 
 def _client(scheduler: str, jobs: int, threads: Optional[int]):
     try:
@@ -29,7 +32,7 @@ def _client(scheduler: str, jobs: int, threads: Optional[int]):
                                dashboard_address=None, silence_logs=40)
         return Client(cluster), cluster
     try:
-        return Client(scheduler, timeout="30s"), None
+        return Client(scheduler, timeout=f"{CONNECT_TIMEOUT_S}s"), None
     except (OSError, TimeoutError) as exc:
         raise VertebraeLabelingError(f"Could not reach the Dask scheduler at {scheduler}: {exc}") from None
 
