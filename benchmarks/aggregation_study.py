@@ -112,7 +112,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", type=int, default=40)
     ap.add_argument("--seed0", type=int, default=800000)
-    ap.add_argument("--real", action="store_true", help="the shared real case instead of synthetic ones")
+    ap.add_argument("--real", action="store_true", help="the sample CT (TotalSegmentator's labels, body centres; fetched by "
+                    "training.reference_data into .cache/reference_data) instead of synthetic ones")
     ap.add_argument("--model", default=None)
     ap.add_argument("--cache", required=True, help="folder for the cached block outputs (reused if present)")
     ap.add_argument("--threads", type=int, default=1)
@@ -125,8 +126,10 @@ def main(argv=None) -> int:
     os.makedirs(args.cache, exist_ok=True)
     if args.real:
         from training.datasets import load_dataset
+        from training.reference_data import CASE_TS_EXAMPLE, DEFAULT_DIR
 
-        cases = [from_annotated(c) for c in load_dataset("labelmap:../shared/data/ts_example_ct?centre=body")]
+        real = os.path.join(DEFAULT_DIR, CASE_TS_EXAMPLE)
+        cases = [from_annotated(c) for c in load_dataset(f"labelmap:{real}?centre=body")]
     elif args.image_cache:
         cases = cached_synthetic_cases(args.cases, args.seed0, args.image_cache)
     else:

@@ -5,14 +5,18 @@
 """
 
 import argparse
-import json
+import os
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import SimpleITK as sitk
 
-REAL_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ts_example_ct"
+from .reference_data import CASE_TS_EXAMPLE, DEFAULT_DIR
+
+#: the sample CT with TotalSegmentator's label map (``python -m training.reference_data --missing-only
+#: --out .cache/reference_data`` fetches it)
+REAL_DIR = os.path.join(DEFAULT_DIR, CASE_TS_EXAMPLE)
 WINDOW = (-200.0, 1000.0)
 
 
@@ -51,16 +55,13 @@ def _show(ax, sl, aspect, pts, which, title):
 
 
 def real_case() -> Optional[tuple[sitk.Image, dict[str, np.ndarray]]]:
-    """The shared real CT with its TotalSegmentator centroids in LPS (None when absent)."""
-    ct = REAL_DIR / "ct.nii.gz"
-    if not ct.exists():
+    """The sample CT with the centres of mass of TotalSegmentator's vertebra labels, LPS (None when absent)."""
+    if not os.path.isdir(REAL_DIR):
         return None
-    info = json.loads((REAL_DIR / "centroids_from_forcesplit.json").read_text())
-    cents = {}
-    for v in info["vertebrae"]:
-        x, y, z = v["centroid_world_mm"]
-        cents[v["name"]] = np.array([-x, -y, z])  # RAS -> LPS
-    return sitk.ReadImage(str(ct)), cents
+    from .datasets import load_dataset
+
+    case = load_dataset(f"labelmap:{REAL_DIR}")[0]
+    return case.load_image(), case.centroids
 
 
 def _span(centroids: dict[str, np.ndarray]) -> str:
@@ -90,9 +91,12 @@ def main(argv=None) -> None:
     if real is not None:
         panels.append(("real ts_example_ct (L1-sacrum)", real[0], real[1]))
     if args.painted:
+        if not os.path.isdir(REAL_DIR):
+            ap.error(f"--painted paints {REAL_DIR}, which is not there: "
+                     f"python -m training.reference_data --missing-only --out {DEFAULT_DIR} fetches it")
         from training.painted import paint_labelmap
 
-        labels = sitk.ReadImage(str(REAL_DIR / "seg_total_v2_fast_forcesplit.nii.gz"))
+        labels = sitk.ReadImage(os.path.join(REAL_DIR, "seg_total_v2_fast_forcesplit.nii.gz"))
         for s in range(args.seed, args.seed + args.painted):
             case = paint_labelmap(labels, s, ct=real[0] if real is not None else None)
             panels.append((f"painted {s}: {_span(case.centroids)} {case.meta['appearance']}", case.image,

@@ -177,6 +177,8 @@ CASE_LUNG1 = "chest_ct_lung1"
 CASE_LUNG2 = "chest_ct_lung2"
 CASE_LUNG_DX = "chest_ct_lung_dx_a0001"
 REFERENCE_TRUTH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "reference_truth")
+#: where the tests, CI and the study commands keep the cases: ``.cache/reference_data`` in the repository
+DEFAULT_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".cache", "reference_data")
 #: our by-eye body centres of the plain chest CT (C7-L1; how they were made is written in the file)
 PLAIN_CHEST_TRUTH = os.path.join(REFERENCE_TRUTH, "plain_chest_ct.json")
 PLAIN_CHEST_IMAGE = "sub-plainchest_ct.nii.gz"

@@ -26,6 +26,8 @@ SAMPLE_CENTROIDS = os.path.join(DATA, "ts_example_ct", "centroids_from_forcespli
 DICOM_CENTROIDS = os.path.join(DATA, "ts_example_ct_dicom", "centroids_from_seg.json")
 SCHEMAS = os.path.join(DATA, "schemas")
 REFERENCE_DIR = os.environ.get("VERTEBRAE_REFERENCE_DATA") or os.path.join(REPO, ".cache", "reference_data")
+# (the same folder as training.reference_data.DEFAULT_DIR, named here without importing training: the
+# slicer-core venv runs its tests without torch)
 
 
 def reference_folder(case: str = "") -> str:

@@ -227,7 +227,7 @@ def sacral_angles(rng: np.random.Generator, pitch: float, fixed: Optional[dict] 
 
     S1's angle is minus the sacral slope, drawn as 42 ± 9 deg clipped to 22-68 (supine series report a
     mean about 40, SD about 9, range 20-65), turned with the whole body's pitch. S1 to S2 may bend further back (a horizontal S1-S2 as in the
-    shared real CT), and below S2 the sacrum is kyphotic: its tip turns down and forward again.
+    sample CT, Testing/Data/ts_example_ct.nii.gz), and below S2 the sacrum is kyphotic: its tip turns down and forward again.
     ``fixed`` may set ``slope``, ``bend`` (S1 to S2, deg, positive = steeper) and ``kyphosis`` (S2 to
     S5 in all, deg).
     """
