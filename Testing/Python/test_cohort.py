@@ -263,3 +263,33 @@ def test_a_real_spine_in_a_cohort_reports_its_levels(tmp_path, sample_ct_path):
     assert int(row["num_levels"]) == len(labels) >= 5  # a lumbar CT: at least the five lumbar levels
     assert row["levels"].startswith(labels[0]) and row["levels"].endswith(labels[-1])
     assert np.isfinite(float(row["seconds"]))
+
+
+def test_ctrl_c_on_a_parallel_run_stops_the_workers_and_keeps_finished_results(tmp_path, sample_ct_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    inputs = []
+    for n in range(4):
+        shutil.copy(sample_ct_path, tmp_path / f"ct{n}.nii.gz")
+        inputs.append(str(tmp_path / f"ct{n}.nii.gz"))
+    out = tmp_path / "results"
+    command = [sys.executable, "-m", "VertebraeLabeling.VertebraeLabelingLib.cli", *inputs, "--out-dir", str(out),
+               "--jobs", "2", "-q", "--no-mirror"]
+    run = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, cwd=os.path.dirname(os.path.dirname(
+        os.path.dirname(os.path.abspath(__file__)))))
+    deadline = time.monotonic() + 120
+    while not list(out.glob("*.mrk.json")) and time.monotonic() < deadline and run.poll() is None:
+        time.sleep(0.1)
+    run.send_signal(signal.SIGINT)  # what Ctrl-C sends
+    _, err = run.communicate(timeout=60)
+    assert run.returncode == cli.EXIT_CANCELLED, err
+    rows, document = _summary(out)
+    assert document["interrupted"] is True
+    finished = {name for name, row in rows.items() if row["status"] == "labeled"}
+    assert finished and finished == {p.name[: -len(".mrk.json")] for p in out.glob("*.mrk.json")}
+    assert {row["status"] for name, row in rows.items() if name not in finished} <= {"not run"}
+    time.sleep(1)
+    assert {p.name[: -len(".mrk.json")] for p in out.glob("*.mrk.json")} == finished  # the workers stopped

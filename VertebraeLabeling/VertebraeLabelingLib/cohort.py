@@ -369,9 +369,10 @@ def _run_pool(todo: list[tuple[Case, str]], options: LabelOptions, jobs: int) ->
                         else:
                             pending.append((case, output))
         except BaseException:
-            executor.shutdown(wait=False, cancel_futures=True)
-            for process in list(getattr(executor, "_processes", {}).values()):
+            workers = list((getattr(executor, "_processes", None) or {}).values())
+            for process in workers:
                 process.terminate()  # a case in flight is dropped whole: its result was never published
+            executor.shutdown(wait=False, cancel_futures=True)
             raise
         executor.shutdown(wait=True)
 
