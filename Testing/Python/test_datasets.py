@@ -187,6 +187,10 @@ def test_verse_reader_agrees_with_core_writer(tmp_path):
     got = read_verse_centroids(path, image)
     for name, pos in truth.items():
         assert np.linalg.norm(got[name] - pos) < 0.02  # the core rounds to 0.01 voxel
+    # A training case written in the same axis codes is the same file: there is one VerSe writer.
+    again = str(tmp_path / "training_ctd.json")
+    write_verse_centroids(again, truth, image, axcodes=outputs.VERSE_AXES)
+    assert open(again, encoding="utf-8").read() == open(path, encoding="utf-8").read()
 
 
 def test_find_verse_cases_in_all_layouts(tmp_path):

@@ -10,9 +10,9 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -128,20 +128,41 @@ def verse_to_lps(xyz: list[float], image: sitk.Image) -> np.ndarray:
     return reoriented_voxel_to_lps(xyz, ImageGeometry.of(image), VERSE_AXES)
 
 
-def verse_list(result: Any, reference_image: sitk.Image) -> list[dict[str, Any]]:
-    """VerSe 2020 centroid list: ``[{"direction": ["P","I","R"]}, {"label": id, "X":..,"Y":..,"Z":..}, ...]``."""
-    out: list[dict[str, Any]] = [{"direction": ["P", "I", "R"]}]
-    for vert in result.vertebrae:
-        if vert.name not in VERSE_ID:  # S2 has no VerSe id
+def verse_entries(points: Iterable[tuple[str, Sequence[float]]], reference: Union[sitk.Image, ImageGeometry],
+                  axcodes: Sequence[str] = VERSE_AXES, decimals: int = 2) -> list[dict[str, Any]]:
+    """The content of a VerSe subject-based ``_ctd.json`` for the CT ``reference``.
+
+    ``[{"direction": axcodes}, {"label": id, "X": .., "Y": .., "Z": ..}, ...]``: X, Y, Z are voxel units of
+    the image reoriented to ``axcodes`` (``orientation.lps_to_reoriented_voxel``), one entry per (name, LPS
+    mm) point in the order given. S1 is written as VerSe's sacrum (26); S2 has no VerSe id and is left out.
+    This is the one VerSe writer: the command line, the Slicer panel and the training package use it.
+    """
+    geometry = reference if isinstance(reference, ImageGeometry) else ImageGeometry.of(reference)
+    codes = [str(c).upper() for c in axcodes]
+    out: list[dict[str, Any]] = [{"direction": codes}]
+    for name, position_lps in points:
+        if name not in VERSE_ID:
             continue
-        x, y, z = lps_to_verse(vert.position_lps, reference_image)
-        out.append({"label": VERSE_ID[vert.name], "X": round(x, 2), "Y": round(y, 2), "Z": round(z, 2)})
+        x, y, z = (round(float(v), decimals) for v in lps_to_reoriented_voxel(position_lps, geometry, codes))
+        out.append({"label": int(VERSE_ID[name]), "X": x, "Y": y, "Z": z})
     return out
+
+
+def write_verse_file(path: str, points: Iterable[tuple[str, Sequence[float]]],
+                     reference: Union[sitk.Image, ImageGeometry], axcodes: Sequence[str] = VERSE_AXES,
+                     decimals: int = 2) -> None:
+    """Write :func:`verse_entries` to ``path`` (replaced in one step)."""
+    write_text_atomic(path, json.dumps(verse_entries(points, reference, axcodes, decimals), indent=1) + "\n")
+
+
+def verse_list(result: Any, reference_image: sitk.Image) -> list[dict[str, Any]]:
+    """VerSe 2020 centroid list of a labeling result (PIR voxel units of the CT that was labeled)."""
+    return verse_entries(((v.name, v.position_lps) for v in result.vertebrae), reference_image)
 
 
 def write_verse_json(result: Any, path: str, reference_image: sitk.Image) -> None:
     """Write a VerSe-style ``_ctd.json`` for ``reference_image`` (the CT that was labeled)."""
-    write_text_atomic(path, json.dumps(verse_list(result, reference_image), indent=1) + "\n")
+    write_verse_file(path, ((v.name, v.position_lps) for v in result.vertebrae), reference_image)
 
 
 def csv_text(result: Any) -> str:

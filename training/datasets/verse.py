@@ -38,14 +38,13 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import SimpleITK as sitk
 
-from VertebraeLabeling.VertebraeLabelingLib import vertebrae
+from VertebraeLabeling.VertebraeLabelingLib import outputs, vertebrae
 
 from .common import (
     AnnotatedCase,
     ImageGeometry,
     axis_map,
     keep_known,
-    lps_to_reoriented_voxel,
     order_by_spine,
     reoriented_voxel_to_lps,
 )
@@ -163,24 +162,15 @@ def read_verse_centroids(path: str, reference: Reference, convention: str = "aut
 
 def write_verse_centroids(path: str, centroids: Dict[str, Sequence[float]], reference: Reference,
                           axcodes: Optional[Sequence[str]] = None, decimals: int = 2) -> None:
-    """Write {name: LPS mm} as a subject-based VerSe ``*_ctd.json`` for the given image.
+    """Write {name: LPS mm} as a subject-based VerSe ``*_ctd.json`` for the given image, in spine order.
 
-    The file starts with ``{"direction": axcodes}`` (default: the image's own axis codes, so the
-    coordinates are the plain continuous voxel index, as in the published data) followed by one
-    ``{"label", "X", "Y", "Z"}`` per vertebra in voxel units of the image reoriented to those
-    codes. S1 is written as VerSe's sacrum (26); S2 has no VerSe id and is left out.
+    The core's writer (``outputs.write_verse_file``), with the image's own axis codes by default, so
+    that the coordinates are the plain continuous voxel index, as in the published data.
     """
     geometry = _geometry(reference)
     codes = tuple(axcodes) if axcodes is not None else geometry.axcodes()
-    entries: List[dict] = [{"direction": list(codes)}]
-    for name in vertebrae.VERTEBRA_NAMES:
-        if name not in centroids or name not in vertebrae.VERSE_ID:
-            continue
-        x, y, z = lps_to_reoriented_voxel(centroids[name], geometry, codes)
-        entries.append({"label": int(vertebrae.VERSE_ID[name]), "X": round(float(x), decimals),
-                        "Y": round(float(y), decimals), "Z": round(float(z), decimals)})
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(entries, f)
+    points = [(name, centroids[name]) for name in vertebrae.VERTEBRA_NAMES if name in centroids]
+    outputs.write_verse_file(path, points, geometry, codes, decimals)
 
 
 # ---------------------------------------------------------------------------------------------
