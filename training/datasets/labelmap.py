@@ -20,6 +20,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .common import AnnotatedCase, ImageGeometry, keep_known, order_by_spine, read_image
+from .verse import VERSE_ID_TO_NAME
 
 #: TotalSegmentator v2 "total" task: label id -> vertebra name ("sacrum" handled apart).
 TOTALSEGMENTATOR_V2: Dict[int, str] = {25: "sacrum", 26: "S1"}
@@ -27,11 +28,8 @@ TOTALSEGMENTATOR_V2.update({27 + i: f"L{5 - i}" for i in range(5)})     # 27 L5 
 TOTALSEGMENTATOR_V2.update({32 + i: f"T{12 - i}" for i in range(12)})   # 32 T12 .. 43 T1
 TOTALSEGMENTATOR_V2.update({44 + i: f"C{7 - i}" for i in range(7)})     # 44 C7 .. 50 C1
 
-#: VerSe mask ids -> name (26 sacrum -> S1; 25 L6, 27 coccyx, 28 T13 are dropped later).
-VERSE_MASK: Dict[int, str] = {i: n for i, n in enumerate(
-    ["C1", "C2", "C3", "C4", "C5", "C6", "C7"] + [f"T{k}" for k in range(1, 13)]
-    + [f"L{k}" for k in range(1, 6)], start=1)}
-VERSE_MASK.update({25: "L6", 26: "S1", 27: "coccyx", 28: "T13"})
+#: VerSe mask ids -> name: the centroid files' table (26 sacrum -> S1; 25 L6, 27 coccyx, 28 T13 are dropped later).
+VERSE_MASK: Dict[int, str] = VERSE_ID_TO_NAME
 
 ID_MAPS: Dict[str, Dict[int, str]] = {"totalsegmentator": TOTALSEGMENTATOR_V2, "verse": VERSE_MASK}
 

@@ -49,9 +49,10 @@ from .common import (
     reoriented_voxel_to_lps,
 )
 
-#: VerSe label id -> name. 25, 27, 28 are not network labels (dropped with a note).
-VERSE_ID_TO_NAME: Dict[int, str] = {i + 1: n for i, n in enumerate(vertebrae.VERTEBRA_NAMES[:24])}
-VERSE_ID_TO_NAME.update({25: "L6", 26: "S1", 27: "coccyx", 28: "T13"})
+#: VerSe label id -> name, in centroid files and masks alike: the core writer's ids read back (26, the sacrum,
+#: is S1), and 25, 27, 28, which are not network labels (dropped with a note).
+VERSE_ID_TO_NAME: Dict[int, str] = {i: n for n, i in vertebrae.VERSE_ID.items()}
+VERSE_ID_TO_NAME.update({25: "L6", 27: "coccyx", 28: "T13"})
 
 #: Axis codes (direction of increase) of the two challenge-release mm conventions.
 MICCAI2019_AXES: Tuple[str, str, str] = ("I", "P", "L")
