@@ -45,10 +45,12 @@ TRAIN_CASES: dict[str, str] = {
     "chest_ct_lung1": "verse:{R}/chest_ct_lung1",  # by eye, T1-T9
     "chest_ct_lung2": "verse:{R}/chest_ct_lung2",  # by eye, T2-T12
 }
-#: Real CTs never trained on: a reference too partial to train from (the CTA's T12) or a crop too small.
+#: Real CTs never trained on: a reference too partial to train from (the CTA's T12), a crop too small, or a
+#: reference that came after the runs.
 SCORE_ONLY: dict[str, str] = {
     "ts_chest_cta": "labelmap:{R}/ts_chest_cta?centre=body",
     "verse_lumbar_crop": "labelmap:{R}/verse_lumbar_crop?map=verse",
+    "chest_ct_lung_dx_a0001": "verse:{R}/chest_ct_lung_dx_a0001",  # by eye, C7-T9; reference made after the runs
 }
 #: The painted label map is the abdomen CT's own patient: left out with it.
 PAINTED_PATIENT = "ts_abdomen_bodies"
