@@ -59,6 +59,9 @@ def pacs_export(tmp_path):
     # Patient 3: the only CT misses slices (an interrupted transfer).
     write_series(str(root / "P003"), _ct(40, 2.0, seed=2), patient_id="P003", series_number=2, skip=(20, 21, 22),
                  description="Chest")
+    # Patient 4: an MR study only: nothing to label, and not a failure.
+    write_series(str(root / "P004"), _ct(20), patient_id="P004", series_number=1, description="Lumbar MR",
+                 modality="MR", sop_class="1.2.840.10008.5.1.4.1.1.4")
     return root
 
 
@@ -79,7 +82,8 @@ def test_a_pacs_export_gives_one_case_per_study_and_says_what_was_left_out(tmp_p
     failed = [r for r in rows.values() if r["status"] == "failed"]
     assert [r["case"].split("/")[0] for r in failed] == ["P003"]
     assert "missing slices" in failed[0]["error"]
-    assert document["counts"] == {"labeled": 2, "failed": 1}
+    assert document["counts"] == {"labeled": 2, "failed": 1, "no CT to label": 1}
+    assert [r["error"] for r in rows.values() if r["case"].startswith("P004/")] == ["the study holds no CT volume (MR)"]
     assert all(float(r["seconds"]) >= 0 for r in rows.values())
 
     reasons = {(row["description"] or os.path.basename(row["path"])): row["reason"] for row in _series_table(out)}

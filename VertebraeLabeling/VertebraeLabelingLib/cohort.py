@@ -318,6 +318,8 @@ def label_case(case: Case, output: str, options: LabelOptions) -> CaseRecord:
         record.review_notes = " | ".join(result.messages)
     except (VertebraeLabelingError, ValueError, RuntimeError, OSError, MemoryError) as exc:
         record.error = str(exc) or type(exc).__name__
+    except Exception as exc:  # noqa: BLE001 - an unforeseen failure on one CT must not end the cohort
+        record.error = f"unexpected {type(exc).__name__}: {exc} (please report it with this case)"
     record.seconds = round(time.perf_counter() - t0, 2)
     record.model_loads = _LOADS[0]
     return record
