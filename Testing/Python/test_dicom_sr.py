@@ -103,3 +103,27 @@ def test_a_dicom_ct_labeled_from_the_command_line_gets_its_report(tmp_path, samp
     for vertebra in expected.vertebrae:
         assert np.max(np.abs(reported[vertebra.name].position_lps - vertebra.position_lps)) < 0.01
         assert reported[vertebra.name].frame_of_reference_uid == uids["frame"]
+
+
+def test_a_cohort_of_dicom_studies_gets_one_report_per_study_referring_to_the_chosen_series(tmp_path,
+                                                                                             sample_ct_path):
+    study = "1.2.826.0.1.3680043.8.498.77"
+    ct = sitk.ReadImage(sample_ct_path)
+    thin = write_series(str(tmp_path / "export" / "a"), ct, study_uid=study, series_number=3, description="3mm")
+    thick = write_series(str(tmp_path / "export" / "a"), ct[:, :, ::2], study_uid=study, series_number=2,
+                         description="6mm", prefix="B")
+    sitk.WriteImage(make_ct(), str(tmp_path / "export" / "plain.nii.gz"))
+    write_series(str(tmp_path / "export" / "b"), make_ct(shape=(20, 32, 32)), patient_id="P002")  # no spine
+    out = tmp_path / "results"
+    code = cli.main([str(tmp_path / "export"), "--out-dir", str(out), "-q", "--format", "dicom-sr", "--no-mirror"])
+    assert code == cli.EXIT_ERROR  # the NIfTI file cannot have a DICOM report, the spine-less CT has nothing
+    reports = list(out.rglob("*.sr.dcm"))
+    assert [p.name for p in reports] == ["S3_3mm.sr.dcm"]
+    ds = pydicom.dcmread(str(reports[0]))
+    assert ds.StudyInstanceUID == study
+    referenced = ds.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0].SeriesInstanceUID
+    assert referenced == thin["series"] != thick["series"]
+    assert len(read_dicom_sr(str(reports[0]))) >= 5
+    summary = (out / "summary.csv").read_text(encoding="utf-8")
+    assert "plain,failed" in summary and "needs a DICOM input" in summary
+    assert "nothing to report" in summary

@@ -21,6 +21,7 @@ and applies one stated rule per study:
 """
 
 import hashlib
+import logging
 import os
 import re
 import unicodedata
@@ -252,12 +253,18 @@ def _why_not_an_image(path: str) -> Optional[str]:
         import pydicom  # optional: only to say what a non-image object is
     except ImportError:
         return "a DICOM object without an image SimpleITK can read (a report, a dose summary, or a broken file)"
+    logger = logging.getLogger("pydicom")
+    level = logger.level
     try:
+        # A truncated file is reported in the table, not warned about on the console.
+        logger.setLevel(logging.ERROR)
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # a truncated file is reported below, not warned about
+            warnings.simplefilter("ignore")
             ds = pydicom.dcmread(path, stop_before_pixels=True)
     except Exception as exc:  # noqa: BLE001 - any parse error means the file is broken
         return f"broken DICOM file ({str(exc).splitlines()[0][:120]})"
+    finally:
+        logger.setLevel(level)
     modality = str(getattr(ds, "Modality", "") or "")
     description = str(getattr(ds, "SeriesDescription", "") or "")
     if modality == "SR" or str(getattr(ds, "SOPClassUID", "")).startswith("1.2.840.10008.5.1.4.1.1.88"):

@@ -75,6 +75,9 @@ def build_report(result: Any, source_files: list[str], model_description: str = 
     if not source_files:
         raise DicomSRError("A DICOM SR refers to the CT it labels: --format dicom-sr needs a DICOM input "
                            "(a folder with the CT series), not an image file.")
+    if not result.vertebrae:
+        # TID 1500 needs at least one measurement group; a report saying nothing is not sent to a PACS.
+        raise DicomSRError("No vertebra was labeled in this CT: there is nothing to report, no DICOM SR written.")
     evidence = [pydicom.dcmread(path, stop_before_pixels=True) for path in source_files]
     frame_uid = str(getattr(evidence[0], "FrameOfReferenceUID", "") or "")
     if not frame_uid:
@@ -100,7 +103,7 @@ def build_report(result: Any, source_files: list[str], model_description: str = 
         ))
     report = hd.sr.MeasurementReport(observation_context=observation_context,
                                      procedure_reported=codes.LN.CTUnspecifiedBodyRegion,
-                                     imaging_measurements=groups or None,
+                                     imaging_measurements=groups,
                                      title=codes.DCM.ImagingMeasurementReport)
     return hd.sr.Comprehensive3DSR(
         evidence=evidence, content=report, series_instance_uid=hd.UID(), series_number=series_number,
