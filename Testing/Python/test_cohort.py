@@ -186,13 +186,22 @@ def test_a_csv_list_names_the_cases_and_a_missing_file_is_one_failed_row(tmp_pat
     sitk.WriteImage(_ct(), str(tmp_path / "scans" / "a.nii.gz"))
     sitk.WriteImage(_ct(seed=1), str(tmp_path / "scans" / "b.nrrd"))
     (tmp_path / "list.csv").write_text("case,path\nsubject-01,scans/a.nii.gz\nsubject-02,scans/b.nrrd\n"
-                                       "subject-03,scans/gone.nii.gz\n", encoding="utf-8")
+                                       "subject-03,scans/gone.nii.gz\n../../escape/me,scans/a.nii.gz\n",
+                                       encoding="utf-8")
     out = tmp_path / "results"
     assert cli.main([str(tmp_path / "list.csv"), "--out-dir", str(out), "-q", "--format", "csv"]) == cli.EXIT_ERROR
     rows, _ = _summary(out)
     assert rows["subject-01"]["status"] == rows["subject-02"]["status"] == "labeled"
     assert (out / "subject-01.csv").is_file() and (out / "subject-02.csv").is_file()
     assert rows["subject-03"]["status"] == "failed" and "No such file" in rows["subject-03"]["error"]
+    assert rows["escape/me"]["status"] == "labeled" and (out / "escape" / "me.csv").is_file()  # stays inside
+
+
+def test_overviews_are_saved_next_to_each_result(tmp_path):
+    sitk.WriteImage(_ct(), str(tmp_path / "a.nii.gz"))
+    out = tmp_path / "results"
+    assert cli.main([str(tmp_path / "a.nii.gz"), "--out-dir", str(out), "-q", "--overviews"]) == cli.EXIT_OK
+    assert (out / "a.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_a_list_without_out_dir_is_a_usage_error(tmp_path, capsys):

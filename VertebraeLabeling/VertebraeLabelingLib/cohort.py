@@ -131,7 +131,10 @@ def read_case_list(path: str) -> list[tuple[str, Optional[str]]]:
     out = []
     for row in rows:
         entry = row[path_col].strip()
-        name = row[case_col].strip() if case_col is not None and case_col < len(row) else None
+        name = row[case_col].strip() if case_col is not None and case_col < len(row) else ""
+        # A name becomes a path under the output folder: each part made safe, so none can climb out of it.
+        parts = [dicom_series.safe_name(part, "") for part in name.replace("\\", "/").split("/")]
+        name = "/".join(part for part in parts if part)
         out.append((entry if os.path.isabs(entry) else os.path.join(folder, entry), name or None))
     return out
 
@@ -312,7 +315,7 @@ def label_case(case: Case, output: str, options: LabelOptions) -> CaseRecord:
         if options.overviews:
             from .overview import render_overview
 
-            render_overview(image, result, os.path.splitext(output)[0] + ".png", title=case.name)
+            render_overview(image, result, output[: -len(EXTENSIONS[options.fmt])] + ".png", title=case.name)
         names = [v.name for v in result.vertebrae]
         record.status, record.levels, record.num_levels = LABELED, _levels(names), len(names)
         record.review_notes = " | ".join(result.messages)
