@@ -643,7 +643,10 @@ def test_cpu_inference_fast_path_gives_the_stock_networks_answer(monkeypatch):
 
 @pytest.mark.parametrize("orientation", ["RAS", "PIR"])
 def test_axis_by_axis_resampling_equals_resampling_in_one_go(monkeypatch, sample, orientation):
-    """Fine CTs are smoothed and brought to 2 mm one axis at a time (faster): the same numbers as in one go."""
+    """Fine CTs are smoothed and brought to 2 mm one axis at a time (faster): the same numbers as in one go.
+
+    The one-go path runs as one slab: in slabs its Gaussians stop a few sigma past each slab's edge, which
+    alone moves a voxel by up to 0.01 HU."""
     size = [int(n * s / f) for n, s, f in zip(sample.GetSize(), sample.GetSpacing(), (0.7, 0.9, 0.6))]
     size[2] = 150  # 90 mm of slices keeps the test quick
     fine = sitk.Resample(sample, size, sitk.Transform(), sitk.sitkLinear,
@@ -653,7 +656,7 @@ def test_axis_by_axis_resampling_equals_resampling_in_one_go(monkeypatch, sample
         fine = reoriented(fine, (1, 2, 0), (True, True, False))
     staged = preprocessing.to_canonical(fine)
     monkeypatch.setattr(preprocessing, "_patient_axes", lambda image: None)  # the one-go path (oblique images)
-    one_go = preprocessing.to_canonical(fine)
+    one_go = preprocessing.to_canonical(fine, slab_slices=10_000)
     np.testing.assert_allclose(staged.origin_lps, one_go.origin_lps)
     assert staged.shape == one_go.shape
-    assert float(np.abs(staged.hu - one_go.hu).max()) < 0.01  # HU
+    assert float(np.abs(staged.hu - one_go.hu).max()) < 0.002  # HU
