@@ -32,7 +32,19 @@ CT = DATA / "ts_example_ct.nii.gz"
 ANNOTATION = DATA / "ts_example_ct" / "centroids_from_forcesplit.json"
 MARKUPS_SCHEMA = DATA / "schemas" / "markups-schema-v1.0.3.json"
 
-sys.path.insert(0, str(MODULE_DIR))
+try:
+    import slicer as _slicer
+
+    _WITH_SLICER_CORE = hasattr(_slicer, "vtkMRMLScene")
+except ImportError:
+    _WITH_SLICER_CORE = False
+# Inside Slicer the module's folder comes first on the path, so `import VertebraeLabeling` is the scripted module.
+# Without slicer-core only VertebraeLabelingLib is needed from it: appended, it does not hide the
+# VertebraeLabeling package from the tests that run after this file.
+if _WITH_SLICER_CORE:
+    sys.path.insert(0, str(MODULE_DIR))
+else:
+    sys.path.append(str(MODULE_DIR))
 
 
 def _annotation():
