@@ -5,7 +5,6 @@ training package's evaluation.
 """
 
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Optional
 
 import numpy as np
@@ -54,50 +53,26 @@ def predict_blocks(
 
     With ``mirror`` each block is also run left-right mirrored and that second look is mapped back and
     returned as a prediction of its own, right after the plain one (two per block).
-
-    On a CPU with two or more PyTorch threads, two looks run at a time, each on half the threads: a
-    block's small layers (GroupNorm, the LSTM, the 1-channel stem) keep two threads busy badly, so this
-    is about 25 % faster on 2 cores. The predictions are those of a run with half the threads (kernels
-    sum in another order than with all of them: logits move by about 1e-3).
     """
     out: list[aggregation.BlockPrediction] = []
     memory_format = torch.channels_last_3d if device.type == "cpu" else torch.contiguous_format
     model = model.to(device=device, memory_format=memory_format)
     lo, hi = progress_span
-    threads = torch.get_num_threads()
-    workers = 2 if device.type == "cpu" and threads >= 2 else 1
-
-    def look(item):
-        block, mirrored = item
-        data = blocks.extract_block(volume, block, fill)
-        if mirrored:
-            data = np.ascontiguousarray(data[..., ::-1])
-        with torch.inference_mode():  # thread-local: the workers need it too
-            x = torch.from_numpy(data)[None, None].to(device).contiguous(memory_format=memory_format)
-            pred = model(x)
-            probs = torch.sigmoid(pred["logits"][0].float()).cpu().numpy()
-            local = pred["coords"][0].float().cpu().numpy()
-        if mirrored:
-            local[:, 2] = block.shape[2] - 1 - local[:, 2]
-        return aggregation.BlockPrediction(block, probs, local + np.asarray(block.start, dtype=float))
-
-    looks = [(n, (block, mirrored)) for n, block in enumerate(block_list) for mirrored in ([False, True] if mirror else [False])]
-    pool = ThreadPoolExecutor(workers) if workers > 1 else None
-    if pool is not None:
-        torch.set_num_threads(max(1, threads // workers))
-    try:
-        for start in range(0, len(looks), workers):
+    with torch.inference_mode():
+        for n, block in enumerate(block_list):
             _check_cancel(cancel)
-            batch = looks[start:start + workers]
-            items = [item for _, item in batch]
-            out.extend(pool.map(look, items) if pool is not None else map(look, items))
+            data = blocks.extract_block(volume, block, fill)
+            views = [data, np.ascontiguousarray(data[..., ::-1])] if mirror else [data]
+            for mirrored, view in enumerate(views):
+                x = torch.from_numpy(view)[None, None].to(device).contiguous(memory_format=memory_format)
+                pred = model(x)
+                probs = torch.sigmoid(pred["logits"][0].float()).cpu().numpy()
+                local = pred["coords"][0].float().cpu().numpy()
+                if mirrored:
+                    local[:, 2] = block.shape[2] - 1 - local[:, 2]
+                out.append(aggregation.BlockPrediction(block, probs, local + np.asarray(block.start, dtype=float)))
             if progress is not None:
-                done = batch[-1][0] + 1
-                progress(lo + (hi - lo) * done / len(block_list), f"block {done}/{len(block_list)}")
-    finally:
-        if pool is not None:
-            pool.shutdown()
-            torch.set_num_threads(threads)
+                progress(lo + (hi - lo) * (n + 1) / len(block_list), f"block {n + 1}/{len(block_list)}")
     return out
 
 
