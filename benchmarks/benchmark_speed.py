@@ -172,10 +172,11 @@ def _child(code: str, name: str, marker: str) -> str:
 
 
 def _code_version(repo: str) -> str:
-    """The commit of the checkout ``repo`` (with ``+changes`` when its labeling code differs from it)."""
+    """The last commit of the checkout ``repo`` that changed the labeling code (``VertebraeLabeling/``), with
+    ``+changes`` when that code has uncommitted changes: commits elsewhere do not split the medians."""
     try:
-        commit = subprocess.run(["git", "-C", repo, "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, check=True).stdout.strip()
+        commit = subprocess.run(["git", "-C", repo, "log", "-1", "--format=%h", "--", "VertebraeLabeling"],
+                                capture_output=True, text=True, check=True).stdout.strip()
         dirty = subprocess.run(["git", "-C", repo, "status", "--porcelain", "--", "VertebraeLabeling"],
                                capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
@@ -353,7 +354,13 @@ def report() -> str:
         "- The synthetic inputs are one full-spine phantom (`training.synthetic.generate_case`, seed "
         f"{PHANTOM_SEED}) resampled onto each grid; the network's cost depends on the blocks (the spine's "
         "length), the preprocessing's on the input voxels.",
-        "", "Reproduce: `python benchmarks/benchmark_speed.py --exhaustive` (see the script's docstring).", ""]
+        "- *read alone* is the floor: SimpleITK reading the (uncompressed) file into memory, in a process that "
+        "does nothing else. Within a labeling run the read can take longer (the model is loaded first; a shared "
+        "machine).",
+        "", "Reproduce: `python benchmarks/benchmark_speed.py --exhaustive` (see the script's docstring); "
+        "one case several times: `python benchmarks/benchmark_speed.py run --case 512x512x1000 --repeat 5`; the "
+        "*before* runs: `git worktree add /tmp/before COMMIT` and `run --case NAME --code /tmp/before --label "
+        "COMMIT`, alternating with the runs of the current code.", ""]
     text = "\n".join(lines)
     os.makedirs(RESULTS, exist_ok=True)
     with open(os.path.join(RESULTS, "latest.md"), "w") as handle:
