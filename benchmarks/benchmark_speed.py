@@ -315,7 +315,8 @@ def report() -> str:
                 f"{t.get('aggregate', 0):.2f} | **{rec['total_s']:.2f}** | "
                 f"{ratio} | {rec['peak_rss_mb']:.0f} |")
     pairs = [(latest[k], latest.get((k[0], k[1], "exhaustive"))) for k in latest if k[2] == "spine"]
-    pairs = [(s, e) for s, e in pairs if e is not None]
+    # Same code only: a side-by-side of runs of different code (or days) would credit the blocks with it.
+    pairs = [(s, e) for s, e in pairs if e is not None and s.get("code") == e.get("code")]
     if pairs:
         lines += ["", "## Spine-following blocks vs the naive sliding window", "",
                   "| case | device | blocks (spine / naive) | network s (spine / naive) | total s (spine / naive) | "
@@ -333,7 +334,8 @@ def report() -> str:
     if common:
         lines += ["", "## Before / after", "",
                   "`baseline_runs.jsonl`: the same cases run with older code (*before*: its commit; "
-                  "`run --code DIR --label COMMIT`), alternating with the runs above; medians of *runs* runs each.",
+                  "`run --code DIR --label COMMIT`) on the same machine and day as the runs above (best alternating with "
+                  "them); medians of *runs* runs each. Differences under ~0.3 s are within the machine's noise.",
                   "", "| case | mode | blocks | before (runs) | after (runs) | preprocess s (before → after) | "
                   "network s (before → after) | total s (before → after) | peak RSS MB (before → after) |",
                   "|---|---|---:|---|---|---|---|---|---|"]
