@@ -3,7 +3,7 @@
 Each arm folder holds the ``training.evaluate`` outputs that ``benchmarks.variant_sweep`` wrote for it
 (``eval_lumbar_crop``, ``eval_plain_chest``, ``eval_chest_CTA``, ``eval_abdomen_TS``, ``eval_synthetic``)::
 
-    PYTHONPATH=. python -m benchmarks.route_study_table training/checkpoints/route_study_s9
+    PYTHONPATH=. python -m benchmarks.route_study_table training/checkpoints/route_study_2026-11-26
 """
 
 import argparse

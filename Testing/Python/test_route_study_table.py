@@ -4,7 +4,7 @@ import os
 
 from benchmarks.route_study_table import table
 
-RECORDS = os.path.join(os.path.dirname(__file__), "..", "..", "training", "checkpoints", "route_study_s9")
+RECORDS = os.path.join(os.path.dirname(__file__), "..", "..", "training", "checkpoints", "route_study_2026-11-26")
 STUDY = os.path.join(RECORDS, "..", "..", "studies", "2026-11-26-procedural-vs-painted.md")
 
 
