@@ -11,7 +11,6 @@ be tested outside the Slicer application; the GUI imports are guarded for that r
 """
 
 import contextlib
-import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -190,11 +189,9 @@ def registerSampleData() -> None:
 
 def sampleDataChecksum(path: str) -> str:
     """``"SHA256:<hex digest>"`` of a file, the form SampleData's ``checksums`` take."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return f"SHA256:{digest.hexdigest()}"
+    from VertebraeLabelingLib.checksums import sha256_of
+
+    return f"SHA256:{sha256_of(path)}"
 
 
 def torchStatus() -> tuple[bool, str]:

@@ -88,8 +88,8 @@ from typing import Callable, Optional
 import numpy as np
 import SimpleITK as sitk
 
+from VertebraeLabeling.VertebraeLabelingLib.checksums import sha256_of  # one checksum helper, the core's
 from VertebraeLabeling.VertebraeLabelingLib.image_io import read_image  # one reader (DICOM folders too), the core's
-from VertebraeLabeling.VertebraeLabelingLib.model_io import sha256_of  # one checksum helper, the core's
 
 
 @dataclass(frozen=True, eq=False)  # compared and hashed by identity: the three below are keys

@@ -9,13 +9,13 @@ Loading checks the checksum *before* unpickling anything and then uses
 ``torch.load(weights_only=True)``, so a tampered or foreign file is refused without running code.
 """
 
-import hashlib
 import json
 import os
 from typing import Any, Optional
 
 import torch
 
+from .checksums import sha256_of  # noqa: F401 - re-exported: the weights' checksum helper
 from .errors import ModelFileError
 from .network import VertebraeNet
 from .outputs import atomic_output, write_text_atomic
@@ -46,14 +46,6 @@ def default_model_path() -> str:
 
 def manifest_path(weights_path: str) -> str:
     return os.path.splitext(weights_path)[0] + ".json"
-
-
-def sha256_of(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def save_weights(model: VertebraeNet, path: str, trained: bool, description: str = "",
