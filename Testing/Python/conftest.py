@@ -127,3 +127,30 @@ def make_ct(shape=(48, 64, 64), spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0),
     if direction is not None:
         img.SetDirection(tuple(float(v) for v in np.asarray(direction).ravel()))
     return img
+
+
+@pytest.fixture(scope="module")
+def mod():
+    """The Slicer module (``VertebraeLabeling.py``) against slicer-core's real MRML classes; skipped without it.
+
+    As inside Slicer, the module's folder comes first on the path, so ``import VertebraeLabeling`` is the
+    scripted module."""
+    slicer = pytest.importorskip("slicer")
+    if not hasattr(slicer, "vtkMRMLScene"):
+        pytest.skip("the 'slicer' package here is not slicer-core")
+    sys.path.insert(0, os.path.join(REPO, "VertebraeLabeling"))
+    import VertebraeLabeling as module
+
+    return module
+
+
+@pytest.fixture()
+def scene(mod):
+    """A fresh MRML scene as ``slicer.mrmlScene``, cleared afterwards."""
+    import slicer
+
+    scene = slicer.vtkMRMLScene()
+    slicer.mrmlScene = scene
+    yield scene
+    scene.Clear(1)
+

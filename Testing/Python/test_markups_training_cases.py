@@ -355,25 +355,7 @@ def test_evaluation_reads_a_markups_folder(tmp_path, sample_case_folder):
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def mod():
-    slicer = pytest.importorskip("slicer")
-    if not hasattr(slicer, "vtkMRMLScene"):
-        pytest.skip("the 'slicer' package here is not slicer-core")
-    sys.path.insert(0, str(MODULE_DIR))
-    import VertebraeLabeling as module
-
-    return module
-
-
-@pytest.fixture()
-def scene(mod):
-    import slicer
-
-    scene = slicer.vtkMRMLScene()
-    slicer.mrmlScene = scene
-    yield scene
-    scene.Clear(1)
+# The fixtures `mod` (the Slicer module) and `scene` (a fresh MRML scene) are conftest.py's.
 
 
 def _slicer_volume(scene, path: Path):

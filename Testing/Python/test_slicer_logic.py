@@ -110,24 +110,7 @@ def test_worker_cancel_file_and_user_errors(tmp_path):
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def mod():
-    slicer = pytest.importorskip("slicer")
-    if not hasattr(slicer, "vtkMRMLScene"):
-        pytest.skip("the 'slicer' package here is not slicer-core")
-    import VertebraeLabeling as module
-
-    return module
-
-
-@pytest.fixture()
-def scene(mod):
-    import slicer
-
-    scene = slicer.vtkMRMLScene()
-    slicer.mrmlScene = scene
-    yield scene
-    scene.Clear(1)
+# The fixtures `mod` (the Slicer module) and `scene` (a fresh MRML scene) are conftest.py's.
 
 
 @pytest.fixture()
