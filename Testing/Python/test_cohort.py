@@ -112,12 +112,18 @@ def test_a_rerun_skips_cases_already_done_and_keeps_their_results(tmp_path, pacs
     assert [r["status"] for r in second.values() if r["case"].startswith("P003")] == ["failed"]  # tried again
 
 
-def test_ctrl_c_keeps_what_was_written_and_the_rerun_finishes(tmp_path, monkeypatch, capsys):
-    inputs = []
+def _four_small_cts(folder) -> list:
+    """Four small generated CTs written as NIfTI files in ``folder``; their paths."""
+    paths = []
     for n in range(4):
-        path = tmp_path / f"ct{n}.nii.gz"
+        path = folder / f"ct{n}.nii.gz"
         sitk.WriteImage(_ct(24, 3.0, seed=n), str(path))
-        inputs.append(str(path))
+        paths.append(str(path))
+    return paths
+
+
+def test_ctrl_c_keeps_what_was_written_and_the_rerun_finishes(tmp_path, monkeypatch, capsys):
+    inputs = _four_small_cts(tmp_path)
     out = tmp_path / "results"
     real = cohort.label_case
     calls = []
@@ -211,11 +217,7 @@ def test_a_list_without_out_dir_is_a_usage_error(tmp_path, capsys):
 
 
 def test_two_workers_load_the_model_once_each_and_label_every_case(tmp_path):
-    inputs = []
-    for n in range(4):
-        path = tmp_path / f"ct{n}.nii.gz"
-        sitk.WriteImage(_ct(24, 3.0, seed=n), str(path))
-        inputs.append(str(path))
+    inputs = _four_small_cts(tmp_path)
     out = tmp_path / "results"
     assert cli.main([*inputs, "--out-dir", str(out), "-q", "--jobs", "2"]) == cli.EXIT_OK
     _, document = _summary(out)
