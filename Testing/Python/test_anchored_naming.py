@@ -78,6 +78,30 @@ def test_a_chest_named_a_level_high_by_the_network_is_named_from_its_rib_pairs()
     assert any("1 level higher" in note for note in decision.naming.notes), decision.naming.notes
 
 
+def test_a_missed_twelfth_rib_does_not_pull_the_count_a_level_up():
+    """The same chest, but the short 12th rib is not found (as on a noisy CT): the last rib pair found is on
+    T11, 11 bodies below the first. Counted down from the first rib pair, every name is still right, and the
+    note says to check the lower thoracic levels (11 rib pairs would be named right the same way). The
+    network is unsure of the middle thoracic levels, as on real chest CTs."""
+    chain = _chain("C6", 16)
+    truth = {b: VERTEBRA_NAMES[NAME_TO_INDEX["C6"] + b] for b in range(16)}
+    high = {b: VERTEBRA_NAMES[NAME_TO_INDEX[name] - 1] for b, name in truth.items() if b not in (6, 9)}
+    points = _network(chain, high)
+    for point in points:
+        if NAME_TO_INDEX["T2"] <= point.label <= NAME_TO_INDEX["T11"]:
+            point.confidence = 0.3
+    survey = _ribs(chain, {b: BOTH for b in range(2, 13)})  # T1 .. T11: T12 (body 13) shows no rib
+
+    decision = naming.decide_names(chain, survey, points, points, SPACING)
+
+    assert decision.labels is not None, "the first rib pair should have overruled the network"
+    got = [VERTEBRA_NAMES[lab.label] for lab in sorted(decision.labels, key=lambda lab: lab.position[0])]
+    assert got == list(truth.values())
+    assert "last rib pair" not in decision.naming.anchor_bodies
+    assert any("only 11 vertebrae below the first" in note for note in decision.naming.notes), decision.naming.notes
+    assert naming.short_rib_span(2, 12) and not naming.short_rib_span(2, 13) and not naming.short_rib_span(None, 12)
+
+
 def test_a_sure_complete_network_is_not_overruled_by_a_short_one_sided_rib():
     """The network names C6-L2 right and sure; a short bony bar on one side of C7 (a cervical rib, or a
     transverse process the rib finder took for a rib) makes C7 the 'first rib-bearing' body."""

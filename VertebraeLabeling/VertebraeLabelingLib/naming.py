@@ -161,7 +161,29 @@ def _rib_term(survey: Optional[RibSurvey], b: int, label: int) -> float:
 
 def rib_boundaries(survey: Optional[RibSurvey], n: int) -> tuple[Optional[int], Optional[int], list[int]]:
     """(first rib-bearing body with a seen rib-free body above it, last one with a rib-free body below, all
-    rib-bearing bodies)."""
+    rib-bearing bodies).
+
+    The last rib pair is not an anchor when it lies fewer than 12 bodies below the first (:func:`short_rib_span`):
+    counting down from the first pair then names 11 true rib pairs right and a missed 12th rib too.
+    """
+    first, last, ribbed = _rib_boundaries(survey, n)
+    if short_rib_span(first, last):
+        last = None
+    return first, last, ribbed
+
+
+def short_rib_span(first: Optional[int], last: Optional[int]) -> bool:
+    """Whether the first and the last rib pair are fewer than 12 bodies apart (counting both).
+
+    The 12th rib is the shortest and the most variable (often a stub that does not reach out of the spine's
+    shadow, sometimes missing), and on a noisy CT it is the one the rib finder misses; the first rib is long
+    and constant. Counting down from the first pair is right both where the 12th rib is missed and where
+    there are 11 rib pairs; counting up from the last would be a level off in both.
+    """
+    return first is not None and last is not None and last - first + 1 < 12
+
+
+def _rib_boundaries(survey: Optional[RibSurvey], n: int) -> tuple[Optional[int], Optional[int], list[int]]:
     if survey is None:
         return None, None, []
     bearing = [survey.bearing(b) for b in range(n)]
@@ -290,6 +312,11 @@ def name_chain(chain: BodyChain, candidates: Sequence, spacing: float,
     for what, (b, lab) in anchors.items():
         naming.anchors.append(f"{what}: {VERTEBRA_NAMES[lab]} at body {b + 1} of {n}")
     naming.anchor_bodies = dict(anchors)
+    _, found_last, _ = _rib_boundaries(survey, n)
+    if short_rib_span(first_rib, found_last):
+        naming.notes.append(
+            f"The last rib pair found is only {found_last - first_rib + 1} vertebrae below the first (a short 12th "
+            "rib not found, or 11 rib pairs): the levels are counted from the first rib pair. Check T11-L1.")
     agreeing = {what: ab for what, (ab, lab) in anchors.items() if named.get(ab) == lab}
     naming.agreeing = list(agreeing)
 
