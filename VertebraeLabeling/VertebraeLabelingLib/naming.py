@@ -281,7 +281,8 @@ def name_chain(chain: BodyChain, candidates: Sequence, spacing: float,
     if n == 0:
         return None
     net = network_scores(chain, candidates, spacing)
-    first_rib, last_rib, ribbed = rib_boundaries(survey, n)
+    first_rib, found_last, ribbed = _rib_boundaries(survey, n)
+    last_rib = None if short_rib_span(first_rib, found_last) else found_last  # as rib_boundaries gives it
     net_anchor = {lab: int(np.argmax(net[:, lab])) for lab in (C2, S1) if net[:, lab].max() >= NETWORK_ANCHOR_MIN}
     if first_rib is None and last_rib is None and not net_anchor:
         return None
@@ -312,7 +313,6 @@ def name_chain(chain: BodyChain, candidates: Sequence, spacing: float,
     for what, (b, lab) in anchors.items():
         naming.anchors.append(f"{what}: {VERTEBRA_NAMES[lab]} at body {b + 1} of {n}")
     naming.anchor_bodies = dict(anchors)
-    _, found_last, _ = _rib_boundaries(survey, n)
     if short_rib_span(first_rib, found_last):
         naming.notes.append(
             f"The last rib pair found is only {found_last - first_rib + 1} vertebrae below the first (a short 12th "
