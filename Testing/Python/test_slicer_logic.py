@@ -329,16 +329,21 @@ def test_job_progress_and_finish(mod, scene, volume, tmp_path):
     assert not os.path.exists(job.tempDir)
 
 
-def test_job_cancel_kills_a_stuck_worker(mod, tmp_path):
-    import time
-
+def _stuck_job(mod, tmp_path):
+    """A labeling job whose worker reports progress once and then hangs."""
     script = _fake_worker(tmp_path, """
         import time
         print("PROGRESS 0.1 working", flush=True)
         time.sleep(600)
     """)
-    job = mod.LabelingJob([sys.executable, str(script)], str(tmp_path / "t"), str(tmp_path / "r.json"),
-                          str(tmp_path / "cancel"))
+    return mod.LabelingJob([sys.executable, str(script)], str(tmp_path / "t"), str(tmp_path / "r.json"),
+                           str(tmp_path / "cancel"))
+
+
+def test_job_cancel_kills_a_stuck_worker(mod, tmp_path):
+    import time
+
+    job = _stuck_job(mod, tmp_path)
     job.KILL_AFTER_S = 0.5
     job.start()
     t0 = time.monotonic()
@@ -634,13 +639,7 @@ def test_cancel_kills_a_stubborn_worker_once(mod, tmp_path, monkeypatch):
     import signal
     import time
 
-    script = _fake_worker(tmp_path, """
-        import time
-        print("PROGRESS 0.1 working", flush=True)
-        time.sleep(600)
-    """)
-    job = mod.LabelingJob([sys.executable, str(script)], str(tmp_path / "t"), str(tmp_path / "r.json"),
-                          str(tmp_path / "cancel"))
+    job = _stuck_job(mod, tmp_path)
     job.KILL_AFTER_S = 0.0
     job.start()
     kills = []
