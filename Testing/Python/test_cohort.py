@@ -308,3 +308,31 @@ def test_ctrl_c_on_a_parallel_run_stops_the_workers_and_keeps_finished_results(t
     assert {row["status"] for name, row in rows.items() if name not in finished} <= {"not run"}
     time.sleep(1)
     assert {p.name[: -len(".mrk.json")] for p in out.glob("*.mrk.json")} == finished  # the workers stopped
+
+
+def test_a_result_published_in_the_moment_of_ctrl_c_is_counted_as_labeled(tmp_path):
+    """A worker can write its result just before Ctrl-C and not yet have told the main process: the summary
+    must still list that case as labeled (its file is whole), so the table agrees with the folder."""
+    for n in range(3):
+        sitk.WriteImage(_ct(seed=n), str(tmp_path / f"ct{n}.nii.gz"))
+    plan = cohort.collect_cases([str(tmp_path / f"ct{n}.nii.gz") for n in range(3)])
+    out = tmp_path / "results"
+    out.mkdir()
+    closed = []
+
+    def runner(items):
+        (first, first_out), (second, second_out) = items[0], items[1]
+        try:
+            (out / os.path.basename(first_out)).write_text("{}", encoding="utf-8")
+            yield cohort.CaseRecord(first.name, cohort.LABELED, levels="L1-L5", num_levels=5, output=first_out)
+            (out / os.path.basename(second_out)).write_text("{}", encoding="utf-8")  # published, not reported
+            raise KeyboardInterrupt
+        finally:
+            closed.append(True)
+
+    with pytest.raises(KeyboardInterrupt):
+        cohort.run_cohort(plan, str(out), cohort.LabelOptions(), runner=runner)
+    rows, document = _summary(out)
+    assert document["interrupted"] is True and closed
+    assert [rows[name]["status"] for name in ("ct0", "ct1", "ct2")] == ["labeled", "labeled", "not run"]
+    assert "interrupted" in rows["ct1"]["review_notes"]

@@ -377,6 +377,8 @@ def _run_pool(todo: list[tuple[Case, str]], options: LabelOptions, jobs: int) ->
             workers = list((getattr(executor, "_processes", None) or {}).values())
             for process in workers:
                 process.terminate()  # a case in flight is dropped whole: its result was never published
+            for process in workers:
+                process.join(timeout=10)  # stopped before the caller looks at what was published
             executor.shutdown(wait=False, cancel_futures=True)
             raise
         executor.shutdown(wait=True)
@@ -486,8 +488,9 @@ def run_cohort(plan: CohortPlan, out_dir: str, options: LabelOptions, jobs: int 
         progress(0.0, f"0/{total} cases")
     last_write = time.monotonic()
     _write_tables(report, plan, meta)
+    results = runner(todo)
     try:
-        for record in runner(todo):
+        for record in results:
             report.records.append(record)
             done += 1
             if progress is not None:
@@ -498,9 +501,21 @@ def run_cohort(plan: CohortPlan, out_dir: str, options: LabelOptions, jobs: int 
                 last_write = time.monotonic()
     except KeyboardInterrupt:
         report.interrupted = True
+        close = getattr(results, "close", None)
+        if close is not None:
+            close()  # stop the workers before reading what they published
         finished = {r.case for r in report.records}
-        report.records.extend(CaseRecord(case.name, NOT_RUN, input=case.source, output=output)
-                              for case, output in todo if case.name not in finished)
+        for case, output in todo:
+            if case.name in finished:
+                continue
+            if os.path.exists(output):
+                # Published by a worker in the moment Ctrl-C came, before its record reached this process:
+                # the result is whole (outputs are written atomically), only its summary row is short.
+                report.records.append(CaseRecord(
+                    case.name, LABELED, input=case.source, output=output,
+                    review_notes="written as the run was interrupted: its levels are in the result file"))
+            else:
+                report.records.append(CaseRecord(case.name, NOT_RUN, input=case.source, output=output))
         _write_tables(report, plan, meta)
         raise
     _write_tables(report, plan, meta)
