@@ -52,38 +52,46 @@ def _cases(args):
             yield f"synthetic_{seed}", (lambda made=made: made.image), dict(made.centroids)
 
 
+def name_both_ways(model, case_id: str, image, truth: Dict[str, np.ndarray]) -> List[dict]:
+    """One network pass over ``image``, named both ways (network alone, counted from the anchors), each scored
+    against ``truth`` ({name: LPS mm}) with the paper's criterion: one row per arm."""
+    t0 = time.perf_counter()
+    volume = preprocessing.to_canonical(image)
+    normalized = preprocessing.zscore(volume.hu)
+    track = blocks.find_spine_track(volume.hu, volume.spacing)
+    block_list = blocks.plan_blocks(volume.shape, track, stride=DEFAULT_STRIDE)
+    predictions = inference.predict_blocks(model, normalized, block_list, torch.device("cpu"),
+                                           float(normalized.min()), mirror=DEFAULT_MIRROR)
+    network_s = time.perf_counter() - t0
+    rows: List[dict] = []
+    for arm in ARMS:
+        result = LabelingResult()
+        t1 = time.perf_counter()
+        try:
+            inference.name_vertebrae(result, volume, predictions, anchors=arm == "anchored")
+            refused = ""
+        except InputImageError as exc:
+            refused = str(exc)
+        naming_s = time.perf_counter() - t1
+        scored = metrics.evaluate_case(result.as_dict(), truth, case_id)
+        errors = [v.error_mm for v in scored.vertebrae if v.error_mm is not None]
+        rows.append(dict(case=case_id, arm=arm, identified=sum(v.identified for v in scored.vertebrae),
+                         total=len(scored.vertebrae), mean_error_mm=float(np.mean(errors)) if errors else None,
+                         regions={r: [sum(v.identified for v in scored.vertebrae if v.region == r),
+                                      sum(v.region == r for v in scored.vertebrae)]
+                                  for r in ("cervical", "thoracic", "lumbar", "sacral")},
+                         network_s=network_s, naming_s=naming_s, refused=refused,
+                         notes=" | ".join(result.messages),
+                         basis=sorted({v.basis for v in result.vertebrae})))
+    return rows
+
+
 def run(args) -> Dict[str, List[dict]]:
     model, _ = load_model(args.model, device="cpu")
-    device = torch.device("cpu")
     rows: List[dict] = []
     for case_id, load_image, truth in _cases(args):
-        t0 = time.perf_counter()
-        volume = preprocessing.to_canonical(load_image())
-        normalized = preprocessing.zscore(volume.hu)
-        track = blocks.find_spine_track(volume.hu, volume.spacing)
-        block_list = blocks.plan_blocks(volume.shape, track, stride=DEFAULT_STRIDE)
-        predictions = inference.predict_blocks(model, normalized, block_list, device, float(normalized.min()),
-                                               mirror=DEFAULT_MIRROR)
-        network_s = time.perf_counter() - t0
-        for arm in ARMS:
-            result = LabelingResult()
-            t1 = time.perf_counter()
-            try:
-                inference.name_vertebrae(result, volume, predictions, anchors=arm == "anchored")
-                refused = ""
-            except InputImageError as exc:
-                refused = str(exc)
-            naming_s = time.perf_counter() - t1
-            scored = metrics.evaluate_case(result.as_dict(), truth, case_id)
-            errors = [v.error_mm for v in scored.vertebrae if v.error_mm is not None]
-            rows.append(dict(case=case_id, arm=arm, identified=sum(v.identified for v in scored.vertebrae),
-                             total=len(scored.vertebrae), mean_error_mm=float(np.mean(errors)) if errors else None,
-                             regions={r: [sum(v.identified for v in scored.vertebrae if v.region == r),
-                                          sum(v.region == r for v in scored.vertebrae)]
-                                      for r in ("cervical", "thoracic", "lumbar", "sacral")},
-                             network_s=network_s, naming_s=naming_s, refused=refused,
-                             notes=" | ".join(result.messages)))
-        last = rows[-2:]
+        last = name_both_ways(model, case_id, load_image(), truth)
+        rows.extend(last)
         print(f"{case_id}: network {last[0]['identified']}/{last[0]['total']}, anchored "
               f"{last[1]['identified']}/{last[1]['total']}" + (" (refused)" if last[1]["refused"] else ""),
               file=sys.stderr, flush=True)

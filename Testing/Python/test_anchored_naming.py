@@ -232,4 +232,11 @@ def test_a_network_sure_of_every_level_but_a_level_high_gives_way_to_both_rib_pa
     short = _chain("C6", 5)  # C6 .. T3, the first rib pair on body 2
     few = _network(short, {b: VERTEBRA_NAMES[NAME_TO_INDEX["C6"] + b - 1] for b in range(5)}, confidence=0.95)
     one = naming.decide_names(short, _ribs(short, {b: BOTH for b in range(2, 5)}), few, few, SPACING)
-    assert one.labels is None
+    assert one.labels is None and not one.naming.notes  # sure of every level: the ribs are the likelier error
+    # Unsure of one level (as on real chest CTs), the names still stand, but the reader is told that the
+    # first rib pair in view counts otherwise.
+    few[4].confidence = 0.4
+    unsure = naming.decide_names(short, _ribs(short, {b: BOTH for b in range(2, 5)}), few, few, SPACING)
+    assert unsure.labels is None and unsure.network_basis == "network only"
+    assert any("do not follow the count from the first rib pair" in note for note in unsure.naming.notes), \
+        unsure.naming.notes

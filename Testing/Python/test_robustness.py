@@ -660,3 +660,24 @@ def test_axis_by_axis_resampling_equals_resampling_in_one_go(monkeypatch, sample
     np.testing.assert_allclose(staged.origin_lps, one_go.origin_lps)
     assert staged.shape == one_go.shape
     assert float(np.abs(staged.hu - one_go.hu).max()) < 0.002  # HU
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_a_field_of_view_that_ends_beside_the_spine_still_finds_the_vertebrae(sample, model, side):
+    """A reconstruction whose field of view ends 25 mm beside the spine (the ribs and half the body of one
+    side cut off): the body's middle is no longer the spine's, yet the vertebrae must be found where they
+    are in the whole CT."""
+    whole = _label(sample, model)
+    spine_x = float(np.median([v.position_lps[0] for v in whole.vertebrae]))
+    x = np.array([sample.TransformIndexToPhysicalPoint((i, 0, 0))[0] for i in range(sample.GetSize()[0])])
+    keep = np.flatnonzero(x <= spine_x + 25.0) if side == "left" else np.flatnonzero(x >= spine_x - 25.0)
+    cut = sample[int(keep.min()):int(keep.max()) + 1, :, :]  # LPS x grows towards the patient's left
+    result = _label(cut, model)
+    found = {v.name: np.asarray(v.position_lps) for v in result.vertebrae}
+    # Wherever it is, a found vertebra lies on one of the whole CT's (names may shift by one: half the body
+    # is missing, and with it what the network reads levels from).
+    nearest = [min(np.linalg.norm(p - np.asarray(w.position_lps)) for w in whole.vertebrae) for p in found.values()]
+    assert len(found) >= len(whole.vertebrae) - 2, (sorted(found), [v.name for v in whole.vertebrae])
+    # Lumbar centres lie 30-35 mm apart: within 15 mm is still the same body (one point may be an end
+    # vertebra the whole CT did not name).
+    assert sorted(nearest)[-2] <= 15.0, nearest

@@ -50,24 +50,51 @@ def find_spine_track(
 ) -> Optional[np.ndarray]:
     """Locate the spine in each slab of ``slab`` slices of a canonical HU volume.
 
+    The spine is searched near the body's left-right middle. Where a side edge of the image cuts the
+    body (a field of view that ends beside the spine) that middle is not the body's: where the spine is then
+    found in fewer than three quarters of the slabs holding body, the search also reaches out to the cut
+    edge, and is kept where it finds the spine in more slabs.
+
     Returns:
         ``(K, 3)`` float array: for every slice k, the (k, j, i) point of the spine track, with
         rows of NaN for slices where no spine was found; or ``None`` when no slab holds spine.
     """
-    k_size, j_size, i_size = hu.shape
-    bone = hu > BONE_HU
+    i_size = hu.shape[2]
     body = hu > -300
-    # Restrict to the body's left-right middle: the spine is within ±25% of the body's centre,
-    # which keeps arms, the table and iliac crests from capturing the track.
     body_cols = np.nonzero(body.any(axis=(0, 1)))[0]
     if body_cols.size == 0:
         return None
+    track = _spine_track(hu, spacing, slab, body, body_cols, cut_low=False, cut_high=False)
+    cut_low, cut_high = bool(body_cols[0] == 0), bool(body_cols[-1] == i_size - 1)
+    if not (cut_low or cut_high):
+        return track
+    slabs_with_body = sum(bool(body[k0:k0 + slab].any()) for k0 in range(0, hu.shape[0], slab))
+    found = 0 if track is None else int(np.isfinite(track[::slab, 1]).sum())
+    if found >= 0.75 * slabs_with_body:
+        return track
+    wider = _spine_track(hu, spacing, slab, body, body_cols, cut_low=cut_low, cut_high=cut_high)
+    found_wider = 0 if wider is None else int(np.isfinite(wider[::slab, 1]).sum())
+    return wider if found_wider > found else track
+
+
+def _spine_track(hu: np.ndarray, spacing: float, slab: int, body: np.ndarray, body_cols: np.ndarray,
+                 cut_low: bool, cut_high: bool) -> Optional[np.ndarray]:
+    """:func:`find_spine_track`'s search; ``cut_low`` / ``cut_high``: the window and the midline preference
+    reach out to the image's low / high i edge, where the body is cut."""
+    k_size, j_size, i_size = hu.shape
+    bone = hu > BONE_HU
+    # Restrict to the body's left-right middle: the spine is within ±25% of the body's centre,
+    # which keeps arms, the table and iliac crests from capturing the track.
     mid_i = 0.5 * (body_cols[0] + body_cols[-1])
     half_w = max(0.25 * (body_cols[-1] - body_cols[0]), 30.0 / spacing)
     # Soft preference for the midline on top of the hard window: symmetric bones (iliac wings,
     # femoral heads, scapulae) come in pairs away from it, the spine sits on it.
     offset = np.arange(i_size) - mid_i
     i_weight = ((np.abs(offset) <= half_w) * np.exp(-0.5 * (offset / (0.6 * half_w)) ** 2)).astype(np.float32)
+    if cut_low:
+        i_weight[offset < 0] = 1.0
+    if cut_high:
+        i_weight[offset > 0] = 1.0
     radius = int(round(12.0 / spacing))  # ~ a vertebral body's half width
     min_area = MIN_SPINE_AREA_MM2 / spacing**2 / ((2 * radius + 1) ** 2)
     track = np.full((k_size, 3), np.nan)

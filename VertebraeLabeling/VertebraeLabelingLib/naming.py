@@ -498,7 +498,15 @@ def decide_names(chain: BodyChain, survey: RibSurvey, candidates: Sequence, chos
         taken = {c.label for c in chosen}
         added = [_place(nb, chain, candidates, spacing, min_position_confidence) for nb in naming.names
                  if alike and nb.body not in by_network and nb.label not in taken]
-        kept_notes = [note for note in naming.notes if "rib-bearing" in note or "disagree with each other" in note]
+        kept_notes = [note for note in naming.notes if "rib-bearing" in note or "disagree with each other" in note
+                      or "do not match" in note]
+        # An anchor in view that the network's names do not follow, yet not overruling them: say so where the
+        # network is itself unsure of a level (sure of every one, the rib finder is the likelier one wrong).
+        unfollowed = [what for what in bodies_at if what not in agreeing]
+        unsure = any(c.confidence < UNSURE_NETWORK_CONFIDENCE for c in chosen)
+        if unfollowed and unsure and not kept_notes:
+            kept_notes.append(f"The network's names do not follow the count from {' and '.join(_the(w) for w in unfollowed)}, "
+                              "which was not sure enough to change them: check the levels.")
         return AnchoredResult(None, Naming(anchors=naming.anchors, notes=kept_notes), chain, basis, added)
     naming.notes.insert(0, f"The network's names disagree with the count from {' and '.join(_the(w) for w in against)}: "
                            "the levels are counted from the anchors instead. Check the names.")
@@ -523,6 +531,9 @@ def _place(nb: NamedBody, chain: BodyChain, candidates: Sequence, spacing: float
         position = body.position
     return AnchoredLabel(nb.label, np.asarray(position, dtype=float), nb.confidence, nb.basis)
 
+
+#: Below this confidence a network's point makes its names "unsure": an anchor they do not follow is then noted.
+UNSURE_NETWORK_CONFIDENCE: float = 0.5
 
 NO_ANCHOR_NOTE = ("No anatomical anchor in view (no first or last rib pair, sacrum or C2): the names are the "
                   "network's alone.")
