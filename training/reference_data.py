@@ -550,12 +550,12 @@ def read_manifest(source: GitHubFiles) -> dict:
 
 def _local_reader(local: str, source: GitHubFiles) -> Callable[[str], bytes]:
     """Reads a file of ``source`` from a local copy of its repository: a git directory that holds the pinned
-    commit (a clone's ``.git`` or a bare mirror, also as ``LOCAL/<owner>+<name>``, its ``.git`` or its ``repo``, so
+    commit (a clone's ``.git`` or a bare mirror, also as ``LOCAL/<owner>+<name>``, its ``.git``, its ``repo`` or ``repo/.git``, so
     that one LOCAL can hold the copies of several repositories; read with ``git cat-file``), or a folder with the
     repository's files at that commit (``LOCAL/<folder>/<name>``, or ``LOCAL/<owner>+<name>/<folder>/<name>``)."""
     mirror = os.path.join(local, source.repo.replace("/", "+"))
     git_dir = next((d for d in (local, os.path.join(local, ".git"), mirror, os.path.join(mirror, ".git"),
-                                os.path.join(mirror, "repo"))
+                                os.path.join(mirror, "repo"), os.path.join(mirror, "repo", ".git"))
                     if os.path.isdir(os.path.join(d, "objects"))), None)
     if git_dir:
         def read_git(name: str) -> bytes:
