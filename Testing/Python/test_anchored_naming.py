@@ -149,6 +149,19 @@ def test_without_an_anchor_in_view_the_network_decides_and_says_so():
     assert decision.naming.notes == [naming.NO_ANCHOR_NOTE]
 
 
+def test_a_mid_thoracic_stretch_without_an_anchor_warns_that_its_names_are_a_guess():
+    """T4-T8 in view, a rib on every body: no rib-free vertebra beside either end, so no rib pair is an anchor.
+    The network's thoracic names stand, and the reader is told how little they are worth on real CTs."""
+    chain = _chain("T4", 5)
+    points = _network(chain, {b: f"T{4 + b}" for b in range(5)})
+    survey = _ribs(chain, {b: BOTH for b in range(5)})
+
+    decision = naming.decide_names(chain, survey, points, points, SPACING)
+
+    assert decision.labels is None and decision.network_basis == "network only"
+    assert decision.naming.notes == [naming.NO_ANCHOR_NOTE, naming.UNANCHORED_THORACIC_NOTE]
+
+
 def test_a_body_the_network_left_out_is_added_where_the_count_agrees_with_it():
     """The sample CT's story: the last rib pair on a partly seen T12 above the network's L1-S1."""
     chain = _chain("T12", 7)  # T12 .. S1

@@ -462,7 +462,10 @@ def decide_names(chain: BodyChain, survey: RibSurvey, candidates: Sequence, chos
     """The decision of :func:`anchored_labels` once the bodies and ribs are found (no image needed)."""
     naming = name_chain(chain, candidates, spacing, survey, chosen)
     if naming is None:
-        return AnchoredResult(None, Naming(notes=[NO_ANCHOR_NOTE]), chain)
+        notes = [NO_ANCHOR_NOTE]
+        if any(T1 < c.label < T12 for c in chosen):
+            notes.append(UNANCHORED_THORACIC_NOTE)
+        return AnchoredResult(None, Naming(notes=notes), chain)
     against = [what for what in naming.agreeing if what in ("first rib pair", "last rib pair")]
     if "the sacrum" in naming.anchor_bodies:
         # The network names the sacrum and the lumbar spine right on every real CT we have: with its S1 in
@@ -534,6 +537,11 @@ def _place(nb: NamedBody, chain: BodyChain, candidates: Sequence, spacing: float
 
 #: Below this confidence a network's point makes its names "unsure": an anchor they do not follow is then noted.
 UNSURE_NETWORK_CONFIDENCE: float = 0.5
+
+#: Added where thoracic levels are named without an anchor: on the real chest CTs measured (2026-11-27) the
+#: network's own T2-T11 names that no anchor confirmed were right 4 times in 26.
+UNANCHORED_THORACIC_NOTE = ("The thoracic names are the network's guess: on real chest CTs they are often one or two "
+                            "levels off. Count from the first rib pair (T1) and renumber.")
 
 NO_ANCHOR_NOTE = ("No anatomical anchor in view (no first or last rib pair, sacrum or C2): the names are the "
                   "network's alone.")
