@@ -149,6 +149,25 @@ def test_without_an_anchor_in_view_the_network_decides_and_says_so():
     assert decision.naming.notes == [naming.NO_ANCHOR_NOTE]
 
 
+def test_a_lone_bony_bar_among_rib_free_vertebrae_is_not_a_rib_pair_anchor():
+    """C6 to L2 in view, named right by the network; the rib finder misses the ribs (as on some generated CTs)
+    and reports one bar beside T9 only. Taken for the first rib pair, it would rename the whole spine eight
+    levels off; a rib pair bounds a rib cage, so the vertebrae below it must carry ribs too."""
+    chain = _chain("C6", 16)
+    truth = {b: VERTEBRA_NAMES[NAME_TO_INDEX["C6"] + b] for b in range(16)}
+    points = _network(chain, truth, confidence=0.9)
+    survey = _ribs(chain, {10: ("left",)})  # T9 (body 10): one bar; every other vertebra seen without a rib
+
+    decision = naming.decide_names(chain, survey, points, points, SPACING)
+
+    assert decision.labels is None  # the network's names stand
+    assert "first rib pair" not in decision.naming.anchor_bodies and "last rib pair" not in decision.naming.anchor_bodies
+    assert naming.rib_boundaries(survey, 16)[:2] == (None, None)
+    # The same bar with ribs below it (the top of a real rib cage) is the first rib pair.
+    cage = _ribs(chain, {b: BOTH for b in range(10, 16)})
+    assert naming.rib_boundaries(cage, 16)[0] == 10
+
+
 def test_a_mid_thoracic_stretch_without_an_anchor_warns_that_its_names_are_a_guess():
     """T4-T8 in view, a rib on every body: no rib-free vertebra beside either end, so no rib pair is an anchor.
     The network's thoracic names stand, and the reader is told how little they are worth on real CTs."""

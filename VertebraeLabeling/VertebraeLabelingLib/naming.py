@@ -159,6 +159,10 @@ def _rib_term(survey: Optional[RibSurvey], b: int, label: int) -> float:
     return weight if bearing == thoracic else -weight
 
 
+#: How many vertebrae inwards of a first (last) rib pair must, where seen, mostly carry ribs too.
+RIB_CAGE_BODIES: int = 3
+
+
 def rib_boundaries(survey: Optional[RibSurvey], n: int) -> tuple[Optional[int], Optional[int], list[int]]:
     """(first rib-bearing body with a seen rib-free body above it, last one with a rib-free body below, all
     rib-bearing bodies).
@@ -192,7 +196,20 @@ def _rib_boundaries(survey: Optional[RibSurvey], n: int) -> tuple[Optional[int],
         return None, None, []
     first = ribbed[0] if any(bearing[b] is False for b in range(ribbed[0])) else None
     last = ribbed[-1] if any(bearing[b] is False for b in range(ribbed[-1] + 1, n)) else None
+    # A rib pair bounds a rib cage: the vertebrae on its inner side carry ribs too. A lone bony bar with
+    # rib-free vertebrae seen right below (above) it is not the first (last) rib pair.
+    if first is not None and not _cage_continues(bearing, range(first + 1, min(first + 1 + RIB_CAGE_BODIES, n))):
+        first = None
+    if last is not None and not _cage_continues(bearing, range(last - 1, max(last - 1 - RIB_CAGE_BODIES, -1), -1)):
+        last = None
     return first, last, ribbed
+
+
+def _cage_continues(bearing: list, bodies: range) -> bool:
+    """Whether the seen vertebrae among ``bodies`` (the next ones inwards) are not mostly rib-free: true where
+    fewer than two were seen (a rib pair at the image's edge is not contradicted)."""
+    seen = [bearing[b] for b in bodies if bearing[b] is not None]
+    return len(seen) < 2 or sum(seen) * 2 >= len(seen)
 
 
 
@@ -505,7 +522,9 @@ def decide_names(chain: BodyChain, survey: RibSurvey, candidates: Sequence, chos
                       or "do not match" in note]
         # An anchor in view that the network's names do not follow, yet not overruling them: say so where the
         # network is itself unsure of a level (sure of every one, the rib finder is the likelier one wrong).
-        unfollowed = [what for what in bodies_at if what not in agreeing]
+        # (The sacrum and C2 are the network's own names: a count from them that differs says its chain has a
+        # gap or a duplicate, which its spacing already shows; the rib pairs are independent evidence.)
+        unfollowed = [what for what in bodies_at if what not in agreeing and what.endswith("rib pair")]
         unsure = any(c.confidence < UNSURE_NETWORK_CONFIDENCE for c in chosen)
         if unfollowed and unsure and not kept_notes:
             kept_notes.append(f"The network's names do not follow the count from {' and '.join(_the(w) for w in unfollowed)}, "
