@@ -159,7 +159,7 @@ def _rib_term(survey: Optional[RibSurvey], b: int, label: int) -> float:
     return weight if bearing == thoracic else -weight
 
 
-#: How many vertebrae inwards of a first (last) rib pair must, where seen, mostly carry ribs too.
+#: Of this many vertebrae inwards of a first (last) rib pair, one that was seen must carry a rib too.
 RIB_CAGE_BODIES: int = 3
 
 
@@ -206,10 +206,11 @@ def _rib_boundaries(survey: Optional[RibSurvey], n: int) -> tuple[Optional[int],
 
 
 def _cage_continues(bearing: list, bodies: range) -> bool:
-    """Whether the seen vertebrae among ``bodies`` (the next ones inwards) are not mostly rib-free: true where
-    fewer than two were seen (a rib pair at the image's edge is not contradicted)."""
+    """Whether any seen vertebra among ``bodies`` (the next ones inwards) carries a rib (ribs are missed, a
+    whole run of rib-free vertebrae is not a rib cage); true where fewer than two were seen (a rib pair at the
+    image's edge is not contradicted)."""
     seen = [bearing[b] for b in bodies if bearing[b] is not None]
-    return len(seen) < 2 or sum(seen) * 2 >= len(seen)
+    return len(seen) < 2 or any(seen)
 
 
 
