@@ -1167,6 +1167,20 @@ class VertebraeLabelingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             slicer.util.warningDisplay(_("PyTorch was not installed."), parent=slicer.util.mainWindow())
         self._updateTorchStatus()
 
+    def _askReplace(self, question: str, otherChoice: str) -> Optional[str]:
+        """Ask ``question`` with the buttons Replace, ``otherChoice`` and Cancel: "replace", "other" or None."""
+        box = qt.QMessageBox(slicer.util.mainWindow())  # parented: in front of the main window on macOS
+        box.setIcon(qt.QMessageBox.Question)
+        box.setWindowTitle(_("Vertebrae Labeling"))
+        box.setText(question)
+        replace = box.addButton(_("Replace"), qt.QMessageBox.DestructiveRole)
+        other = box.addButton(otherChoice, qt.QMessageBox.AcceptRole)
+        box.addButton(qt.QMessageBox.Cancel)
+        box.exec_()
+        clicked = box.clickedButton()
+        box.deleteLater()
+        return "replace" if clicked == replace else "other" if clicked == other else None
+
     # ---- run -------------------------------------------------------------------------------
 
     def onApplyButton(self) -> None:
@@ -1176,20 +1190,11 @@ class VertebraeLabelingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         volumeNode = p.inputVolume
         outputNode = p.outputMarkups
         if outputNode is not None and self.logic.isEdited(outputNode):
-            box = qt.QMessageBox(slicer.util.mainWindow())  # parented: in front of the main window on macOS
-            box.setIcon(qt.QMessageBox.Question)
-            box.setWindowTitle(_("Vertebrae Labeling"))
-            box.setText(_("'{name}' has been edited. Replace its points with the new result?").format(
-                name=outputNode.GetName()))
-            replace = box.addButton(_("Replace"), qt.QMessageBox.DestructiveRole)
-            newList = box.addButton(_("Create new point list"), qt.QMessageBox.AcceptRole)
-            box.addButton(qt.QMessageBox.Cancel)
-            box.exec_()
-            clicked = box.clickedButton()
-            box.deleteLater()
-            if clicked == newList:
+            answer = self._askReplace(_("'{name}' has been edited. Replace its points with the new result?").format(
+                name=outputNode.GetName()), _("Create new point list"))
+            if answer == "other":
                 outputNode = None
-            elif clicked != replace:
+            elif answer != "replace":
                 return
         self.ui.logTextEdit.clear()
         stride = p.blockStride if p.blockStride != DEFAULT_STRIDE else 0
@@ -1388,20 +1393,11 @@ class VertebraeLabelingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         overwrite = False
         if os.path.lexists(os.path.join(folder, caseName)):
             other = training_cases.free_case_name(folder, caseName)
-            box = qt.QMessageBox(slicer.util.mainWindow())
-            box.setIcon(qt.QMessageBox.Question)
-            box.setWindowTitle(_("Vertebrae Labeling"))
-            box.setText(_("A training case named '{name}' already exists in {folder}. Replace it?").format(
-                name=caseName, folder=folder))
-            replace = box.addButton(_("Replace"), qt.QMessageBox.DestructiveRole)
-            keepBoth = box.addButton(_("Save as '{name}'").format(name=other), qt.QMessageBox.AcceptRole)
-            box.addButton(qt.QMessageBox.Cancel)
-            box.exec_()
-            clicked = box.clickedButton()
-            box.deleteLater()
-            if clicked == replace:
+            answer = self._askReplace(_("A training case named '{name}' already exists in {folder}. Replace it?").format(
+                name=caseName, folder=folder), _("Save as '{name}'").format(name=other))
+            if answer == "replace":
                 overwrite = True
-            elif clicked == keepBoth:
+            elif answer == "other":
                 caseName = other
             else:
                 return
