@@ -159,6 +159,9 @@ def _rib_term(survey: Optional[RibSurvey], b: int, label: int) -> float:
     return weight if bearing == thoracic else -weight
 
 
+#: The anchors that come from the ribs (independent of the network's names, unlike the sacrum and C2).
+RIB_PAIR_ANCHORS: tuple[str, ...] = ("first rib pair", "last rib pair")
+
 #: Of this many vertebrae inwards of a first (last) rib pair, one that was seen must carry a rib too.
 RIB_CAGE_BODIES: int = 3
 
@@ -484,7 +487,7 @@ def decide_names(chain: BodyChain, survey: RibSurvey, candidates: Sequence, chos
         if any(T1 < c.label < T12 for c in chosen):
             notes.append(UNANCHORED_THORACIC_NOTE)
         return AnchoredResult(None, Naming(notes=notes), chain)
-    against = [what for what in naming.agreeing if what in ("first rib pair", "last rib pair")]
+    against = [what for what in naming.agreeing if what in RIB_PAIR_ANCHORS]
     if "the sacrum" in naming.anchor_bodies:
         # The network names the sacrum and the lumbar spine right on every real CT we have: with its S1 in
         # view, only the first rib pair (far from where it is reliable) overrules it.
@@ -525,7 +528,7 @@ def decide_names(chain: BodyChain, survey: RibSurvey, candidates: Sequence, chos
         # network is itself unsure of a level (sure of every one, the rib finder is the likelier one wrong).
         # (The sacrum and C2 are the network's own names: a count from them that differs says its chain has a
         # gap or a duplicate, which its spacing already shows; the rib pairs are independent evidence.)
-        unfollowed = [what for what in bodies_at if what not in agreeing and what.endswith("rib pair")]
+        unfollowed = [what for what in bodies_at if what not in agreeing and what in RIB_PAIR_ANCHORS]
         unsure = any(c.confidence < UNSURE_NETWORK_CONFIDENCE for c in chosen)
         if unfollowed and unsure and not kept_notes:
             kept_notes.append(f"The network's names do not follow the count from {' and '.join(_the(w) for w in unfollowed)}, "
