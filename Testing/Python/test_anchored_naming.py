@@ -272,3 +272,44 @@ def test_a_network_sure_of_every_level_but_a_level_high_gives_way_to_both_rib_pa
     assert unsure.labels is None and unsure.network_basis == "network only"
     assert any("do not follow the count from the first rib pair" in note for note in unsure.naming.notes), \
         unsure.naming.notes
+
+
+def _rib_cage_volume(chain: BodyChain, bridge_bodies: range = range(0)) -> np.ndarray:
+    """A canonical HU volume (soft tissue) with one bony rib per side at each body of ``chain``: a bar 6 mm
+    tall running out sideways from 16 to 86 mm beside the spine curve, 10 mm behind the body centre. Where
+    ``bridge_bodies`` is given, a bony column 6 mm thick 22 mm right of the curve joins the right ribs of
+    those bodies, as bridging osteophytes along the side of the thoracic spine do."""
+    hu = np.zeros((int(chain.curve_k[-1]) + 20, 200, 200), np.float32)
+    j = int(100 + 10 / SPACING)
+    for body in chain.bodies:
+        k = int(round(body.position[0]))
+        for sign in (-1, 1):
+            i0, i1 = sorted((int(100 + sign * 16 / SPACING), int(100 + sign * 86 / SPACING)))
+            hu[k - 1:k + 2, j - 1:j + 2, i0:i1 + 1] = 600.0
+    if len(bridge_bodies):
+        k0 = int(chain.bodies[bridge_bodies[0]].position[0])
+        k1 = int(chain.bodies[bridge_bodies[-1]].position[0])
+        i = int(100 - 22 / SPACING)
+        hu[k0:k1 + 1, j - 1:j + 2, i - 1:i + 2] = 600.0
+    return hu
+
+
+def test_ribs_joined_beside_the_spine_by_bridging_bone_are_still_found_one_by_one():
+    from VertebraeLabeling.VertebraeLabelingLib.anchors import find_ribs, survey_ribs
+
+    chain = _chain("T1", 12)
+    bridged = range(5, 9)  # T6-T9 on the right, where bridging osteophytes are commonest
+    hu = _rib_cage_volume(chain, bridged)
+    survey = survey_ribs(hu.shape, SPACING, chain, find_ribs(hu, SPACING, chain))
+    right_bodies = sorted(r.body for r in survey.ribs if r.side == "right")
+    assert right_bodies == list(range(12)), "the joined right ribs of T6-T9 are each found at their own body"
+    assert all(state == {"right": "rib", "left": "rib"} for state in survey.state)
+
+
+def test_a_rib_between_two_of_the_other_side_pairs_with_the_nearer_one():
+    from VertebraeLabeling.VertebraeLabelingLib.anchors import rib_levels
+
+    # A left bar at 20 mm (a transverse process or a cervical rib), the right first rib at 28 mm and the left
+    # one at 33 mm, on 2 mm slices: the right rib belongs with the left one 5 mm away, not the one 8 mm away.
+    ribs = [Rib("left", 10.0, None, 80.0), Rib("right", 14.0, None, 80.0), Rib("left", 16.5, None, 80.0)]
+    assert rib_levels(ribs, spacing_k=18.0 / SPACING) == [[0], [1, 2]]

@@ -10,6 +10,11 @@ least 60 mm from it and is no taller than a few vertebrae; its level is where it
 slice of its innermost 12 mm). Left and right ribs at one level make a pair, and the pairs are aligned, in
 order, to the bodies (:func:`match_levels_to_bodies`).
 
+Next to the spine, other bone or bright tissue can join several ribs into one tall piece: bridging
+osteophytes along the side of the thoracic spine (common in older patients, mostly on the right), a calcified
+aorta, contrast in the aorta or the azygos vein. Further out the ribs part again, so a piece too tall to be one
+rib is judged again beyond ``RIB_SPLIT_MM`` from the curve, where each of its ribs stands alone.
+
 Each body then gets, per side, "rib", "no rib" or "not seen" (the band is outside the image on that side).
 """
 
@@ -32,6 +37,10 @@ RIB_MEDIAL_MM: float = 32.0
 RIB_LATERAL_MM: float = 60.0
 #: Bone taller than this (mm) inside the band is a plate (ilium, scapula), not a rib.
 RIB_MAX_HEIGHT_MM: float = 70.0
+#: A piece too tall to be one rib is split where ribs are apart again: its part beyond this distance (mm)
+#: from the spine curve, each piece of which is a rib if it starts at that distance and reaches out as a rib
+#: does.
+RIB_SPLIT_MM: float = 30.0
 
 #: How far (mm) a rib may fall between the spine and the band's outer edge: the lower ribs fall 20-35 mm.
 #: A body closer than this to the image's lower edge cannot show that it has no rib.
@@ -94,36 +103,59 @@ def find_ribs(hu: np.ndarray, spacing: float, chain: BodyChain) -> list[Rib]:
     for n, box in enumerate(ndimage.find_objects(labels), start=1):
         if box is None:
             continue
-        kk, _, ii = np.nonzero(labels[box] == n)
+        kk, jj, ii = np.nonzero(labels[box] == n)
         kk = kk + box[0].start
+        jj = jj + box[1].start
         ii = ii + box[2].start
         dist = (ii - ic[kk]) * spacing
         side = "left" if np.median(dist) > 0 else "right"
         dist = np.abs(dist)
         if dist.min() > RIB_MEDIAL_MM or dist.max() < RIB_LATERAL_MM:
             continue
-        if np.ptp(kk) * spacing > RIB_MAX_HEIGHT_MM:  # a plate: the ilium, or a scapula lying on the ribs
+        if np.ptp(kk) * spacing <= RIB_MAX_HEIGHT_MM:
+            ribs.append(_rib(side, kk + k_lo, dist, spacing))
             continue
-        inner = kk[dist <= dist.min() + 12.0]
-        outer = kk[dist >= dist.max() - 12.0]
-        k = float(inner.mean()) + k_lo
-        ribs.append(Rib(side, k, None, float(dist.max()), float(outer.mean() - inner.mean()) * spacing))
+        # Too tall for one rib: a plate (the ilium, a scapula lying on the ribs) or ribs joined near the
+        # spine; beyond RIB_SPLIT_MM the ribs stand apart, a plate stays a plate.
+        outer = dist >= RIB_SPLIT_MM
+        part = np.zeros(labels[box].shape, bool)
+        part[kk[outer] - box[0].start, jj[outer] - box[1].start, ii[outer] - box[2].start] = True
+        pieces, _ = ndimage.label(part)
+        for m, pbox in enumerate(ndimage.find_objects(pieces), start=1):
+            if pbox is None:
+                continue
+            pk, _, pi = np.nonzero(pieces[pbox] == m)
+            pk = pk + pbox[0].start + box[0].start
+            pd = np.abs((pi + pbox[2].start + box[2].start - ic[pk]) * spacing)
+            if (pd.min() <= RIB_SPLIT_MM + spacing and pd.max() >= RIB_LATERAL_MM
+                    and np.ptp(pk) * spacing <= RIB_MAX_HEIGHT_MM):
+                ribs.append(_rib(side, pk + k_lo, pd, spacing))
     return sorted(ribs, key=lambda r: r.k)
+
+
+def _rib(side: str, k: np.ndarray, dist: np.ndarray, spacing: float) -> Rib:
+    """A rib from its voxels' slices ``k`` and distances from the spine curve ``dist`` (mm): its level is
+    the mean slice of its innermost 12 mm."""
+    inner = k[dist <= dist.min() + 12.0]
+    outer = k[dist >= dist.max() - 12.0]
+    return Rib(side, float(inner.mean()), None, float(dist.max()), float(outer.mean() - inner.mean()) * spacing)
 
 
 def rib_levels(ribs: list[Rib], spacing_k: float) -> list[list[int]]:
     """The ribs grouped into levels (indices into ``ribs``, sorted by slice): a left and a right rib closer
-    than half a vertebra's height (``spacing_k`` slices) are one pair."""
-    order = sorted(range(len(ribs)), key=lambda n: ribs[n].k)
+    than half a vertebra's height (``spacing_k`` slices) are one pair, the closest ones first (a rib between
+    two of the other side pairs with the nearer one, not with whichever comes first)."""
+    by_gap = sorted(((abs(ribs[a].k - ribs[b].k), a, b) for a in range(len(ribs)) for b in range(len(ribs))
+                     if ribs[a].side == "right" and ribs[b].side == "left"
+                     and abs(ribs[a].k - ribs[b].k) < 0.5 * spacing_k))
+    paired: set[int] = set()
     levels: list[list[int]] = []
-    for n in order:
-        last = levels[-1] if levels else None
-        if (last is not None and len(last) == 1 and ribs[last[0]].side != ribs[n].side
-                and ribs[n].k - ribs[last[0]].k < 0.5 * spacing_k):
-            last.append(n)
-        else:
-            levels.append([n])
-    return levels
+    for _, a, b in by_gap:
+        if a not in paired and b not in paired:
+            paired.update((a, b))
+            levels.append(sorted((a, b), key=lambda n: ribs[n].k))
+    levels += [[n] for n in range(len(ribs)) if n not in paired]
+    return sorted(levels, key=lambda lv: float(np.mean([ribs[n].k for n in lv])))
 
 
 def match_levels_to_bodies(level_k: list[float], chain: BodyChain) -> list[Optional[int]]:
