@@ -145,9 +145,9 @@ def rib_levels(ribs: list[Rib], spacing_k: float) -> list[list[int]]:
     """The ribs grouped into levels (indices into ``ribs``, sorted by slice): a left and a right rib closer
     than half a vertebra's height (``spacing_k`` slices) are one pair, the closest ones first (a rib between
     two of the other side pairs with the nearer one, not with whichever comes first)."""
-    by_gap = sorted(((abs(ribs[a].k - ribs[b].k), a, b) for a in range(len(ribs)) for b in range(len(ribs))
+    by_gap = sorted((abs(ribs[a].k - ribs[b].k), a, b) for a in range(len(ribs)) for b in range(len(ribs))
                      if ribs[a].side == "right" and ribs[b].side == "left"
-                     and abs(ribs[a].k - ribs[b].k) < 0.5 * spacing_k))
+                     and abs(ribs[a].k - ribs[b].k) < 0.5 * spacing_k)
     paired: set[int] = set()
     levels: list[list[int]] = []
     for _, a, b in by_gap:
