@@ -313,3 +313,44 @@ def test_a_rib_between_two_of_the_other_side_pairs_with_the_nearer_one():
     # one at 33 mm, on 2 mm slices: the right rib belongs with the left one 5 mm away, not the one 8 mm away.
     ribs = [Rib("left", 10.0, None, 80.0), Rib("right", 14.0, None, 80.0), Rib("left", 16.5, None, 80.0)]
     assert rib_levels(ribs, spacing_k=18.0 / SPACING) == [[0], [1, 2]]
+
+
+def test_a_rib_on_one_side_of_c7_is_taken_for_a_cervical_rib_and_the_count_starts_below_it():
+    """A chest CT from C6 down (as on real chest CTs): the network names C6-T1 right and sure, and the
+    thoracic bodies below one level high and unsure. A bony bar reaches out on the left of C7 only (a
+    cervical rib, or a long C7 transverse process); the first rib *pair* is on the body below. Counted from
+    that pair every name is right, and a note says what was set aside."""
+    chain = _chain("C6", 16)
+    truth = {b: VERTEBRA_NAMES[NAME_TO_INDEX["C6"] + b] for b in range(16)}
+    names = {b: (name if b <= 2 else VERTEBRA_NAMES[NAME_TO_INDEX[name] - 1]) for b, name in truth.items()
+             if b not in (6, 9)}
+    points = _network(chain, names, confidence=0.99)
+    for point in points:
+        if NAME_TO_INDEX["T2"] <= point.label <= NAME_TO_INDEX["T11"]:
+            point.confidence = 0.3
+    bearing = {b: BOTH for b in range(2, 14)}
+    bearing[1] = ("left",)
+
+    decision = naming.decide_names(chain, _ribs(chain, bearing), points, points, SPACING)
+
+    assert decision.labels is not None, "the first rib pair should have overruled the network"
+    got = [VERTEBRA_NAMES[lab.label] for lab in sorted(decision.labels, key=lambda lab: lab.position[0])]
+    assert got == list(truth.values())
+    assert decision.naming.anchor_bodies["first rib pair"] == (2, NAME_TO_INDEX["T1"])
+    assert naming.CERVICAL_RIB_NOTE in decision.naming.notes
+
+
+def test_a_first_rib_missed_on_one_side_of_t1_is_not_taken_for_a_cervical_rib():
+    """The other reading of the same ribs: the network is sure the one-sided vertebra is T1 (its other
+    first rib was missed). The rib stays, and the count starts there."""
+    chain = _chain("C7", 15)
+    truth = {b: VERTEBRA_NAMES[NAME_TO_INDEX["C7"] + b] for b in range(15)}
+    points = _network(chain, {b: truth[b] for b in (0, 1)}, confidence=0.99)
+    bearing = {b: BOTH for b in range(2, 13)}
+    bearing[1] = ("left",)
+    survey = _ribs(chain, bearing)
+
+    assert naming.set_aside_cervical_rib(chain, survey, points, SPACING) is None
+    decision = naming.decide_names(chain, survey, points, points, SPACING)
+    assert naming.CERVICAL_RIB_NOTE not in decision.naming.notes
+    assert "first rib pair: T1 at body 2 of 15" in decision.naming.anchors

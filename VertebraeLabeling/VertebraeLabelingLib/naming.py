@@ -23,7 +23,7 @@ them and nothing contradicts it. The notes say when the anchors disagree with ea
 """
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional
 
 import numpy as np
@@ -35,6 +35,7 @@ from .vertebrae import NAME_TO_INDEX, NUM_VERTEBRAE, TYPICAL_SPACING_MM, VERTEBR
 
 T1, T12 = NAME_TO_INDEX["T1"], NAME_TO_INDEX["T12"]
 C2, S1 = NAME_TO_INDEX["C2"], NAME_TO_INDEX["S1"]
+C7 = NAME_TO_INDEX["C7"]
 
 #: Score of a body whose rib state (seen on both sides) agrees with its name; minus this when it does not.
 RIB_WEIGHT: float = 1.5
@@ -478,9 +479,54 @@ def anchored_labels(hu: np.ndarray, spacing: float, candidates: Sequence, chosen
     return decide_names(chain, survey, candidates, chosen, spacing, min_position_confidence)
 
 
+#: The network is at least this sure that a vertebra is C7 for a rib on one side of it to be taken for a
+#: cervical rib (:func:`set_aside_cervical_rib`).
+CERVICAL_RIB_CONFIDENCE: float = 0.9
+
+CERVICAL_RIB_NOTE = ("A rib on one side of the vertebra named C7 (a cervical rib, or a long C7 transverse process) "
+                     "is not counted as the first rib: the first rib pair is the one below it. Check C7-T2.")
+
+
+def set_aside_cervical_rib(chain: BodyChain, survey: RibSurvey, candidates: Sequence,
+                           spacing: float) -> Optional[RibSurvey]:
+    """The survey without a rib on one side of the topmost rib-bearing vertebra, where that looks like a
+    cervical rib; None where it does not.
+
+    A radiologist takes the first rib *pair* for T1 and a rib on one side of C7 for a cervical rib (or a C7
+    transverse process long enough to reach out like one). Taken for a first rib, it would put T1 a vertebra
+    high and every name below with it. It is set aside only where the vertebra below carries ribs on both
+    sides and the network, which names the cervicothoracic junction well, is sure the one-sided vertebra is
+    C7: a true T1 whose other first rib was missed is named T1 by the network, and keeps its rib.
+    """
+    n = len(chain.bodies)
+    ribbed = [b for b in range(n) if survey.bearing(b)]
+    if not ribbed:
+        return None
+    top = ribbed[0]
+    if top + 1 >= n or survey.sides_with_ribs(top) != 1 or survey.sides_with_ribs(top + 1) != 2:
+        return None
+    if network_scores(chain, candidates, spacing)[top, C7] < CERVICAL_RIB_CONFIDENCE:
+        return None
+    state = [dict(s) for s in survey.state]
+    state[top] = {side: ("none" if v == "rib" else v) for side, v in state[top].items()}
+    ribs = [r if r.body != top else replace(r, body=None) for r in survey.ribs]
+    return RibSurvey(ribs=ribs, state=state)
+
+
 def decide_names(chain: BodyChain, survey: RibSurvey, candidates: Sequence, chosen: Sequence, spacing: float,
                  min_position_confidence: float = 0.3) -> AnchoredResult:
     """The decision of :func:`anchored_labels` once the bodies and ribs are found (no image needed)."""
+    without_cervical_rib = set_aside_cervical_rib(chain, survey, candidates, spacing)
+    if without_cervical_rib is not None:
+        survey = without_cervical_rib
+    result = _decide_names(chain, survey, candidates, chosen, spacing, min_position_confidence)
+    if without_cervical_rib is not None:
+        result.naming.notes.append(CERVICAL_RIB_NOTE)
+    return result
+
+
+def _decide_names(chain: BodyChain, survey: RibSurvey, candidates: Sequence, chosen: Sequence, spacing: float,
+                  min_position_confidence: float) -> AnchoredResult:
     naming = name_chain(chain, candidates, spacing, survey, chosen)
     if naming is None:
         notes = [NO_ANCHOR_NOTE]
