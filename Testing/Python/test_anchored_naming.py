@@ -354,3 +354,4 @@ def test_a_first_rib_missed_on_one_side_of_t1_is_not_taken_for_a_cervical_rib():
     decision = naming.decide_names(chain, survey, points, points, SPACING)
     assert naming.CERVICAL_RIB_NOTE not in decision.naming.notes
     assert "first rib pair: T1 at body 2 of 15" in decision.naming.anchors
+

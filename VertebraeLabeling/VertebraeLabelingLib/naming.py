@@ -489,21 +489,27 @@ CERVICAL_RIB_NOTE = ("A rib on one side of the vertebra named C7 (a cervical rib
 
 def set_aside_cervical_rib(chain: BodyChain, survey: RibSurvey, candidates: Sequence,
                            spacing: float) -> Optional[RibSurvey]:
-    """The survey without a rib on one side of the topmost rib-bearing vertebra, where that looks like a
+    """The survey without the rib on one side of the topmost rib-bearing vertebra, where it looks like a
     cervical rib; None where it does not.
 
-    A radiologist takes the first rib *pair* for T1 and a rib on one side of C7 for a cervical rib (or a C7
-    transverse process long enough to reach out like one). Taken for a first rib, it would put T1 a vertebra
-    high and every name below with it. It is set aside only where the vertebra below carries ribs on both
-    sides and the network, which names the cervicothoracic junction well, is sure the one-sided vertebra is
-    C7: a true T1 whose other first rib was missed is named T1 by the network, and keeps its rib.
+    A radiologist takes the first rib *pair* for T1, and a rib on one side of C7 for a cervical rib (or a C7
+    transverse process long enough to reach out like one; the first rib, which rises beside C7 as it runs
+    out, can also join it). Taken for the first rib, it would put T1 a vertebra high and every name below
+    with it. It is set aside only where the vertebra below carries ribs on both sides and the network, which
+    names the cervicothoracic junction well, is sure the one-sided vertebra is C7. A true T1 whose other
+    first rib was missed is named T1 by the network and keeps its rib. Ribs on both sides of the vertebra
+    above the first pair are not set aside: where the network is sure there and a level off (it names some
+    real chest CTs a level high throughout), that would move every name a level; the count from such a pair
+    is weighed against the network instead (:func:`decide_names`).
     """
     n = len(chain.bodies)
     ribbed = [b for b in range(n) if survey.bearing(b)]
     if not ribbed:
         return None
     top = ribbed[0]
-    if top + 1 >= n or survey.sides_with_ribs(top) != 1 or survey.sides_with_ribs(top + 1) != 2:
+    if top + 1 >= n or survey.sides_with_ribs(top + 1) != 2:
+        return None
+    if survey.sides_with_ribs(top) != 1:
         return None
     if network_scores(chain, candidates, spacing)[top, C7] < CERVICAL_RIB_CONFIDENCE:
         return None
