@@ -143,7 +143,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                      "" if r["mean_error_mm"] is None else f"{r['mean_error_mm']:.2f}", r["refused"],
                                      r["notes"]])
         with open(os.path.join(args.out, "summary.json"), "w") as f:
-            json.dump({"command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d"), "table": text,
+            json.dump({"command": " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:]), "date": time.strftime("%Y-%m-%d"), "table": text,
                        "cases": by_arm}, f, indent=1, default=float)
     return 0
 
