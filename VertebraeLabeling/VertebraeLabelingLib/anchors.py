@@ -50,6 +50,10 @@ LEVEL_GAP_COST: float = 0.5
 #: ... and a rib level left out (a bony bar that is not a rib, or a second level on one body).
 LEVEL_DROP_COST: float = 1.0
 
+#: A left and a right rib closer than this many vertebra heights are one pair (the sides of a tilted or
+#: scoliotic spine meet their ribs at different heights; ribs of one side are a vertebra apart).
+PAIR_GAP: float = 0.6
+
 SIDES = ("right", "left")
 
 
@@ -143,11 +147,11 @@ def _rib(side: str, k: np.ndarray, dist: np.ndarray, spacing: float) -> Rib:
 
 def rib_levels(ribs: list[Rib], spacing_k: float) -> list[list[int]]:
     """The ribs grouped into levels (indices into ``ribs``, sorted by slice): a left and a right rib closer
-    than half a vertebra's height (``spacing_k`` slices) are one pair, the closest ones first (a rib between
+    than ``PAIR_GAP`` of a vertebra's height (``spacing_k`` slices) are one pair, the closest ones first (a rib between
     two of the other side pairs with the nearer one, not with whichever comes first)."""
     by_gap = sorted((abs(ribs[a].k - ribs[b].k), a, b) for a in range(len(ribs)) for b in range(len(ribs))
                      if ribs[a].side == "right" and ribs[b].side == "left"
-                     and abs(ribs[a].k - ribs[b].k) < 0.5 * spacing_k)
+                     and abs(ribs[a].k - ribs[b].k) < PAIR_GAP * spacing_k)
     paired: set[int] = set()
     levels: list[list[int]] = []
     for _, a, b in by_gap:
