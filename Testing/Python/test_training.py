@@ -236,6 +236,30 @@ def test_exporting_several_checkpoints_writes_their_mean(tmp_path):
         export_cli.main([paths[0], other, "--to", str(tmp_path / "bad.pt")])
 
 
+def test_a_base_model_and_its_fine_tune_export_as_a_weighted_mean_that_names_both(tmp_path):
+    """A quarter of the base model and three quarters of its fine-tune: each tensor is that blend, and the
+    manifest names both sources with their weights and checksums."""
+    from VertebraeLabeling.VertebraeLabelingLib.model_io import save_weights, sha256_of
+
+    paths = []
+    for n, name in enumerate(("base.pt", "fine_tuned.pt")):
+        torch.manual_seed(n)
+        paths.append(str(tmp_path / name))
+        save_weights(VertebraeNet(widths=(4, 8, 8, 16)), paths[-1], trained=True)
+    out = str(tmp_path / "blend.pt")
+    assert export_cli.main(paths + ["--weights", "0.25", "0.75", "--to", out]) == 0
+    blend, manifest = load_model(out)
+    base, tuned = (load_model(p)[0].state_dict() for p in paths)
+    for name, value in blend.state_dict().items():
+        if value.is_floating_point():
+            assert torch.allclose(value, 0.25 * base[name] + 0.75 * tuned[name], atol=1e-6), name
+    sources = manifest["training"]["averaged_sources"]
+    assert [(s["path"], s["weight"]) for s in sources] == [("base.pt", 0.25), ("fine_tuned.pt", 0.75)]
+    assert sources[1]["sha256"] == sha256_of(paths[1])
+    with pytest.raises(SystemExit):
+        export_cli.main(paths + ["--weights", "1", "--to", str(tmp_path / "bad.pt")])
+
+
 def test_a_time_limited_run_stops_cleanly_and_its_snapshots_export_as_their_mean(tmp_path):
     """A batch job with a wall-clock limit: the run stops early with a resumable last.pt, and the raw-weight
     snapshots it kept on the way export as one averaged model."""
