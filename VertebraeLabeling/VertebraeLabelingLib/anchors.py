@@ -116,7 +116,7 @@ def find_ribs(hu: np.ndarray, spacing: float, chain: BodyChain) -> list[Rib]:
         dist = np.abs(dist)
         if dist.min() > RIB_MEDIAL_MM or dist.max() < RIB_LATERAL_MM:
             continue
-        if np.ptp(kk) * spacing <= RIB_MAX_HEIGHT_MM:
+        if _rib_shaped(kk, dist, spacing, RIB_MEDIAL_MM):
             ribs.append(_rib(side, kk + k_lo, dist, spacing))
             continue
         # Too tall for one rib: a plate (the ilium, a scapula lying on the ribs) or ribs joined near the
@@ -131,10 +131,15 @@ def find_ribs(hu: np.ndarray, spacing: float, chain: BodyChain) -> list[Rib]:
             pk, _, pi = np.nonzero(pieces[pbox] == m)
             pk = pk + pbox[0].start + box[0].start
             pd = np.abs((pi + pbox[2].start + box[2].start - ic[pk]) * spacing)
-            if (pd.min() <= RIB_SPLIT_MM + spacing and pd.max() >= RIB_LATERAL_MM
-                    and np.ptp(pk) * spacing <= RIB_MAX_HEIGHT_MM):
+            if _rib_shaped(pk, pd, spacing, RIB_SPLIT_MM + spacing):
                 ribs.append(_rib(side, pk + k_lo, pd, spacing))
     return sorted(ribs, key=lambda r: r.k)
+
+
+def _rib_shaped(k: np.ndarray, dist: np.ndarray, spacing: float, medial_mm: float) -> bool:
+    """Whether bone with voxel slices ``k`` and distances ``dist`` (mm) from the spine curve is shaped like a
+    rib: it comes within ``medial_mm`` of the curve, reaches ``RIB_LATERAL_MM`` out and is not a plate."""
+    return dist.min() <= medial_mm and dist.max() >= RIB_LATERAL_MM and np.ptp(k) * spacing <= RIB_MAX_HEIGHT_MM
 
 
 def _rib(side: str, k: np.ndarray, dist: np.ndarray, spacing: float) -> Rib:
