@@ -38,7 +38,10 @@ ARMS = ("network", "anchored")
 
 def _cases(args):
     for spec in args.data:
-        for case in load_dataset(spec):
+        cases = load_dataset(spec)
+        if not cases:  # a wrong kind (verse: on a label-map folder) would otherwise score nothing, silently
+            raise SystemExit(f"{spec} holds no annotated case: is it the right kind (verse:, labelmap:, csi:)?")
+        for case in cases:
             truth = case.centroids if args.include_partial else case.whole_centroids()
             yield case.case_id, case.load_image, {n: np.asarray(p, float) for n, p in truth.items()}
     if args.synthetic:

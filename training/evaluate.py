@@ -234,7 +234,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         except (ValueError, FileNotFoundError) as exc:
             parser.error(str(exc))
         if not loaded:
-            print(f"WARNING: {spec} holds no annotated case", file=sys.stderr)
+            print(f"WARNING: {spec} holds no annotated case: is it the right kind (verse:, labelmap:, csi:)?",
+                  file=sys.stderr)
         real.extend(loaded)
     if args.limit > 0:
         real = real[: args.limit]
