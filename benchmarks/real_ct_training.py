@@ -15,12 +15,17 @@ Three steps, the second on a GPU::
     PYTHONPATH=. python -m benchmarks.real_ct_training score --weights RUNS --reference .cache/reference_data \\
         --out RESULTS
 
+Two folds instead of leaving one patient out (``--design folds`` on all three steps): two runs each hold out
+half of the eleven real CTs with a trainable reference (:data:`FOLDS`), and a third trains on all eleven;
+``--synthetic-share 2`` makes generated CTs half of the mix.
+
 Training from the start on the real mix instead (random weights; a GPU run of about 12 minutes, all runs at
 once): ``train ... --minutes 11 --from-scratch --lr 2e-3``. A run stopped early leaves ``RUNS/runs/<run>/last.pt``;
 ``training.train --resume`` continues it (the optimizer checkpoints stay out of the repository).
 
-``pack`` writes each training CT at 2 mm (int16 in steps of 8 HU, its own orientation) with its centroids in VerSe's subject
-layout: a few MB per CT instead of 10-30, so the real CTs travel with the code to a GPU machine. Training
+``pack`` writes each training CT at 2 mm (int16 in steps of 16 HU, its own orientation, cut to its annotated
+span and what a training block around it can see) with its centroids in VerSe's subject layout: 1-3 MB per CT
+instead of 10-30, so the real CTs travel with the code to a GPU machine. Training
 resamples to the same 2 mm grid anyway. ``PAINTED`` is a folder holding ``ts_example_ct``'s CT and
 TotalSegmentator label map (``training.reference_data`` builds it). ``train`` writes ``RUNS/<run>.pt``
 (exported moving average of the weights, no optimizer state) and ``RUNS/<run>.log``. ``score`` runs each
