@@ -95,6 +95,13 @@ def all_cases() -> dict[str, str]:
     return {**TRAIN_CASES, **MORE_CASES, **SCORE_ONLY}
 
 
+def scored_cases(design: str = "lopo") -> list[str]:
+    """The real CTs a design scores: those it trains on (some runs leave each out) and the score-only ones."""
+    if design == "folds":
+        return list(TRAIN_CASES) + list(MORE_CASES) + list(SCORE_ONLY)
+    return list(TRAIN_CASES) + list(SCORE_ONLY) + list(LOPO_SCORE_ONLY)
+
+
 def runs(design: str = "lopo") -> dict[str, dict]:
     """Run name -> {"real": CTs trained on, "painted": whether the painted map is mixed in, "held_out": ...}.
 
@@ -106,16 +113,14 @@ def runs(design: str = "lopo") -> dict[str, dict]:
         cases = list(TRAIN_CASES) + list(MORE_CASES)
         out = {name: {"real": [c for c in cases if c not in held], "painted": True} for name, held in FOLDS.items()}
         out["all_eleven"] = {"real": cases, "painted": True}
-        scored = cases + list(SCORE_ONLY)
     else:
         cases = list(TRAIN_CASES)
         out = {"control": {"real": [], "painted": True},
                "all_real": {"real": list(cases), "painted": True}}
         for case in cases:
             out[f"without_{case}"] = {"real": [c for c in cases if c != case], "painted": case != PAINTED_PATIENT}
-        scored = cases + list(SCORE_ONLY) + list(LOPO_SCORE_ONLY)
     for spec in out.values():
-        spec["held_out"] = [c for c in scored if c not in spec["real"]]
+        spec["held_out"] = [c for c in scored_cases(design) if c not in spec["real"]]
     return out
 
 
@@ -227,8 +232,7 @@ def score(weights: str, reference: str, out: str, bundled: Optional[str] = None,
         path = os.path.join(weights, f"{name}.pt")
         if os.path.isfile(path):
             models[name] = path
-    scored = [c for c in all_cases() if design == "folds" or c not in MORE_CASES or c in LOPO_SCORE_ONLY]
-    specs = {c: all_cases()[c] for c in scored if not cases or c in cases}
+    specs = {c: all_cases()[c] for c in scored_cases(design) if not cases or c in cases}
     rows = []
     for model, path in models.items():
         trained_on = [] if model == BASELINE else design_runs[model]["real"]
