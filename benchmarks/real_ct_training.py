@@ -137,7 +137,7 @@ def pack(reference: str, out: str, spacing_mm: float = 2.0, cases: Optional[Sequ
     from training.datasets import load_dataset
     from training.datasets.verse import write_verse_centroids
 
-    specs = {**TRAIN_CASES, **MORE_CASES}
+    specs = all_cases()
     written = []
     for name in cases or TRAIN_CASES:
         (case,) = load_dataset(specs[name].format(R=reference))
@@ -232,7 +232,8 @@ def score(weights: str, reference: str, out: str, bundled: Optional[str] = None,
         path = os.path.join(weights, f"{name}.pt")
         if os.path.isfile(path):
             models[name] = path
-    specs = {c: all_cases()[c] for c in scored_cases(design) if not cases or c in cases}
+    every = all_cases()
+    specs = {c: every[c] for c in scored_cases(design) if not cases or c in cases}
     rows = []
     for model, path in models.items():
         trained_on = [] if model == BASELINE else design_runs[model]["real"]
